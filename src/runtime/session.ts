@@ -1,0 +1,203 @@
+import { access } from "node:fs/promises";
+import { cpus } from "node:os";
+import * as ort from "onnxruntime-node";
+import { FlagserveError } from "./errors.js";
+import type { Encoding, Side } from "./tokenizer.js";
+
+export type Device = { kind: "cpu" } | { kind: "cuda"; id: number };
+
+/** "cpu", "cuda" (= cuda:0) or "cuda:N". */
+export function parseDevice(spec: string): Device {
+  const s = spec.trim().toLowerCase();
+  if (s === "cpu") return { kind: "cpu" };
+  const m = /^cuda(?::(\d+))?$/.exec(s);
+  if (m) return { kind: "cuda", id: m[1] === undefined ? 0 : Number(m[1]) };
+  throw new FlagserveError("device", `unknown device "${spec}"; expected cpu, cuda or cuda:N`);
+}
+
+export function deviceName(d: Device): string {
+  return d.kind === "cpu" ? "cpu" : `cuda:${d.id}`;
+}
+
+export interface SessionOptions {
+  device?: Device;
+  /** Threads inside one operator; defaults to ONNX Runtime's choice (all physical cores). */
+  intraOpThreads?: number;
+  /** Threads across independent operators. */
+  interOpThreads?: number;
+}
+
+/** Whether this onnxruntime-node build ships the CUDA execution provider's library. */
+export function cudaAvailable(): boolean {
+  return ort.listSupportedBackends().some((b) => b.name === "cuda" && b.bundled);
+}
+
+/** An ONNX Runtime inference session with the inputs and outputs of its graph. */
+export class OnnxSession {
+  readonly path: string;
+  readonly device: Device;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  private readonly session: ort.InferenceSession;
+
+  private constructor(path: string, device: Device, session: ort.InferenceSession) {
+    this.path = path;
+    this.device = device;
+    this.session = session;
+    this.inputNames = session.inputNames;
+    this.outputNames = session.outputNames;
+  }
+
+  static async create(path: string, options: SessionOptions = {}): Promise<OnnxSession> {
+    const device = options.device ?? { kind: "cpu" };
+    await access(path).catch(() => {
+      throw new FlagserveError("model_files", `ONNX model ${path} does not exist`);
+    });
+    const sessionOptions: ort.InferenceSession.SessionOptions = {
+      graphOptimizationLevel: "all",
+      executionProviders:
+        device.kind === "cuda"
+          ? [{ name: "cuda", deviceId: device.id } as ort.InferenceSession.ExecutionProviderConfig]
+          : ["cpu"],
+    };
+    if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
+    if (options.interOpThreads !== undefined) sessionOptions.interOpNumThreads = options.interOpThreads;
+    if (device.kind === "cuda" && !cudaAvailable()) {
+      throw new FlagserveError(
+        "device",
+        `device ${deviceName(device)} requested, but this onnxruntime-node install has no CUDA execution provider ` +
+          "(it was installed with ONNXRUNTIME_NODE_INSTALL=skip or without CUDA 12); reinstall onnxruntime-node " +
+          "with its CUDA binaries (npm rebuild onnxruntime-node with network access) or use --devices cpu",
+      );
+    }
+    try {
+      const session = await ort.InferenceSession.create(path, sessionOptions);
+      return new OnnxSession(path, device, session);
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (device.kind === "cuda") {
+        throw new FlagserveError(
+          "device",
+          `cannot create a CUDA session on ${deviceName(device)} for ${path}: ${msg}`,
+        );
+      }
+      throw new FlagserveError("model_files", `cannot load ONNX model ${path}: ${msg}`);
+    }
+  }
+
+  async run(feeds: Record<string, ort.Tensor>, outputs?: string[]): Promise<Record<string, ort.Tensor>> {
+    const result = outputs ? await this.session.run(feeds, outputs) : await this.session.run(feeds);
+    return result as Record<string, ort.Tensor>;
+  }
+
+  async release(): Promise<void> {
+    await this.session.release();
+  }
+}
+
+/** A padded batch of token ids ready to become int64 tensors. */
+export interface PaddedBatch {
+  size: number;
+  seqLen: number;
+  inputIds: BigInt64Array;
+  attentionMask: BigInt64Array;
+  tokenTypeIds: BigInt64Array;
+  /** Real (unpadded) length of every row. */
+  lengths: number[];
+  side: Side;
+}
+
+/** Pad encodings to the longest one, on the tokenizer's padding side. */
+export function padBatch(encodings: Encoding[], padId: number, side: Side): PaddedBatch {
+  const size = encodings.length;
+  const seqLen = encodings.reduce((m, e) => Math.max(m, e.ids.length), 0);
+  const inputIds = new BigInt64Array(size * seqLen).fill(BigInt(padId));
+  const attentionMask = new BigInt64Array(size * seqLen);
+  const tokenTypeIds = new BigInt64Array(size * seqLen);
+  const lengths: number[] = [];
+  encodings.forEach((e, r) => {
+    const n = e.ids.length;
+    lengths.push(n);
+    const start = r * seqLen + (side === "left" ? seqLen - n : 0);
+    for (let i = 0; i < n; i++) {
+      inputIds[start + i] = BigInt(e.ids[i] as number);
+      attentionMask[start + i] = 1n;
+      tokenTypeIds[start + i] = BigInt(e.typeIds[i] ?? 0);
+    }
+  });
+  return { size, seqLen, inputIds, attentionMask, tokenTypeIds, lengths, side };
+}
+
+/** Map a padded batch onto the graph's input names (BERT, RoBERTa, and decoder position ids). */
+export function batchFeeds(session: OnnxSession, batch: PaddedBatch): Record<string, ort.Tensor> {
+  const dims = [batch.size, batch.seqLen];
+  const feeds: Record<string, ort.Tensor> = {};
+  for (const name of session.inputNames) {
+    switch (name) {
+      case "input_ids":
+        feeds[name] = new ort.Tensor("int64", batch.inputIds, dims);
+        break;
+      case "attention_mask":
+        feeds[name] = new ort.Tensor("int64", batch.attentionMask, dims);
+        break;
+      case "token_type_ids":
+        feeds[name] = new ort.Tensor("int64", batch.tokenTypeIds, dims);
+        break;
+      case "position_ids":
+        feeds[name] = new ort.Tensor("int64", positionIds(batch), dims);
+        break;
+      default:
+        throw new FlagserveError(
+          "model_files",
+          `${session.path} has an input "${name}" that flagserve cannot feed`,
+        );
+    }
+  }
+  return feeds;
+}
+
+/** Positions counted over real tokens only (left padding gets position 1, as transformers does). */
+function positionIds(batch: PaddedBatch): BigInt64Array {
+  const out = new BigInt64Array(batch.size * batch.seqLen);
+  for (let r = 0; r < batch.size; r++) {
+    let pos = 0;
+    for (let t = 0; t < batch.seqLen; t++) {
+      const i = r * batch.seqLen + t;
+      if (batch.attentionMask[i] === 1n) out[i] = BigInt(pos++);
+      else out[i] = 1n;
+    }
+  }
+  return out;
+}
+
+/** Float values of an output tensor as float32, converting half precision outputs. */
+export function tensorToFloat32(t: ort.Tensor): Float32Array {
+  if (t.type === "float32") return t.data as Float32Array;
+  if (t.type === "float16") {
+    const raw = t.data as unknown as ArrayLike<number>;
+    // Newer runtimes hand out a Float16Array (numbers); older ones the raw Uint16 bits.
+    if (raw instanceof Uint16Array) return halfBitsToFloat32(raw);
+    return Float32Array.from(raw);
+  }
+  if (t.type === "float64") return Float32Array.from(t.data as Float64Array);
+  throw new FlagserveError("model_files", `unexpected ${t.type} output tensor; expected floating point`);
+}
+
+export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i] as number;
+    const s = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const f = h & 0x3ff;
+    if (e === 0) out[i] = s * 2 ** -14 * (f / 1024);
+    else if (e === 31) out[i] = f ? Number.NaN : s * Number.POSITIVE_INFINITY;
+    else out[i] = s * 2 ** (e - 15) * (1 + f / 1024);
+  }
+  return out;
+}
+
+/** Physical-ish core count for default thread splits. */
+export function defaultThreads(): number {
+  return Math.max(1, cpus().length);
+}

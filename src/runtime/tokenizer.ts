@@ -1,0 +1,221 @@
+import { join } from "node:path";
+import { PrecompiledNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
+import { FlagserveError } from "./errors.js";
+import { type JsonObject, readJsonFile, readJsonIfExists } from "./files.js";
+import { PrecompiledCharsmap } from "./precompiled.js";
+
+/** One tokenized input: ids with special tokens, and segment ids for models that take them. */
+export interface Encoding {
+  ids: number[];
+  typeIds: number[];
+}
+
+export type Side = "left" | "right";
+
+interface PostProcessed {
+  tokens: string[];
+  token_type_ids?: number[];
+  tokens_pair?: string[] | null;
+}
+
+/** The parts of @huggingface/tokenizers that its typings keep private but that truncation needs:
+ *  the pre-special-token pieces and the post-processor that adds special tokens. */
+interface TokenizerInternals {
+  encode_text(text: string): string[] | null;
+  post_processor: ((a: string[], b: string[] | null, addSpecial: boolean) => PostProcessed) | null;
+  model: { unk_token_id?: number; tokens_to_ids: Map<string, number>; vocab: string[] };
+  all_special_ids: number[];
+}
+
+// Placeholders that no vocabulary contains, used to locate the sequences in a post-processed template.
+const SLOT_A = "\u0000flagserve:A\u0000";
+const SLOT_B = "\u0000flagserve:B\u0000";
+
+/** Swap @huggingface/tokenizers' approximate Precompiled normalizer for the exact charsmap rules. */
+function useExactPrecompiled(normalizer: unknown): void {
+  if (normalizer instanceof PrecompiledNormalizer) {
+    const charsmap = (normalizer as unknown as { charsmap: string | null }).charsmap;
+    if (charsmap) {
+      const exact = new PrecompiledCharsmap(charsmap);
+      (normalizer as unknown as { normalize: (t: string) => string }).normalize = (t) => exact.normalize(t);
+    }
+  } else if (normalizer instanceof SequenceNormalizer) {
+    for (const inner of (normalizer as unknown as { normalizers: unknown[] }).normalizers)
+      useExactPrecompiled(inner);
+  }
+}
+
+/** Hugging Face stores "no limit" as 1e30; treat anything that large as absent. */
+const NO_LIMIT = 1e15;
+
+function tokenContent(value: unknown): string | undefined {
+  if (typeof value === "string") return value;
+  if (value && typeof value === "object" && typeof (value as JsonObject).content === "string") {
+    return (value as JsonObject).content as string;
+  }
+  return undefined;
+}
+
+/**
+ * Tokenizer with the behaviour `transformers` gives a fast tokenizer's __call__: truncation to a
+ * max length that counts special tokens, text pairs, padding, and token counts.
+ * Truncation is done on the pieces before special tokens are added, exactly as the Rust
+ * tokenizer does, then the model's own post-processor adds them.
+ */
+export class TextTokenizer {
+  readonly modelMaxLength: number | undefined;
+  readonly padTokenId: number;
+  readonly paddingSide: Side;
+  readonly truncationSide: Side;
+  readonly specialIds: ReadonlySet<number>;
+  readonly vocabSize: number;
+  readonly config: JsonObject;
+  private readonly tok: Tokenizer;
+  private readonly internals: TokenizerInternals;
+  private readonly unkId: number;
+  private readonly specialsSingle: number;
+  private readonly specialsPair: number;
+
+  private constructor(tok: Tokenizer, config: JsonObject, tokenizerJson: JsonObject) {
+    this.tok = tok;
+    this.config = config;
+    this.internals = tok as unknown as TokenizerInternals;
+    useExactPrecompiled(tok.normalizer);
+    const maxLen = config.model_max_length;
+    this.modelMaxLength = typeof maxLen === "number" && maxLen < NO_LIMIT ? maxLen : undefined;
+    this.paddingSide = config.padding_side === "left" ? "left" : "right";
+    this.truncationSide = config.truncation_side === "left" ? "left" : "right";
+    const unkToken = tokenContent(config.unk_token);
+    this.unkId =
+      (unkToken !== undefined ? tok.token_to_id(unkToken) : undefined) ??
+      this.internals.model.unk_token_id ??
+      0;
+    this.padTokenId = this.resolvePadId(config, tokenizerJson);
+    this.specialIds = new Set(this.internals.all_special_ids);
+    this.vocabSize = tok.get_vocab(true).size;
+    this.specialsSingle = this.withSpecialTokens([], null).ids.length;
+    this.specialsPair = this.withSpecialTokens([], []).ids.length;
+  }
+
+  /** Load `tokenizer.json` + `tokenizer_config.json` (+ `special_tokens_map.json`) from a model directory. */
+  static async fromDir(dir: string): Promise<TextTokenizer> {
+    const tokenizerJson = await readJsonFile(join(dir, "tokenizer.json"));
+    const config = (await readJsonIfExists(join(dir, "tokenizer_config.json"))) ?? {};
+    const specialMap = (await readJsonIfExists(join(dir, "special_tokens_map.json"))) ?? {};
+    // tokenizer_config wins over special_tokens_map, as in transformers.
+    const merged: JsonObject = { ...specialMap, ...config };
+    let tok: Tokenizer;
+    try {
+      tok = new Tokenizer(tokenizerJson as object, merged);
+    } catch (err) {
+      throw new FlagserveError(
+        "model_files",
+        `${join(dir, "tokenizer.json")} cannot be loaded: ${(err as Error).message}`,
+      );
+    }
+    return new TextTokenizer(tok, merged, tokenizerJson as JsonObject);
+  }
+
+  private resolvePadId(config: JsonObject, tokenizerJson: JsonObject): number {
+    const padToken = tokenContent(config.pad_token);
+    const fromConfig = padToken !== undefined ? this.tok.token_to_id(padToken) : undefined;
+    if (fromConfig !== undefined) return fromConfig;
+    const padding = tokenizerJson.padding as JsonObject | null | undefined;
+    if (padding && typeof padding.pad_id === "number") return padding.pad_id;
+    return 0;
+  }
+
+  /** Number of special tokens the post-processor adds to a single text or to a pair. */
+  numSpecialTokens(pair = false): number {
+    return pair ? this.specialsPair : this.specialsSingle;
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tok.token_to_id(token);
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.tok.id_to_token(id);
+  }
+
+  /** Sub-word pieces of a text before special tokens (the Rust tokenizer's "encode without specials"). */
+  pieces(text: string): string[] {
+    return this.internals.encode_text(text) ?? [];
+  }
+
+  /** Ids of a text without special tokens, optionally truncated to `maxLength` ids. */
+  encodeWithoutSpecials(text: string, maxLength?: number): number[] {
+    return this.truncate(this.toIds(this.pieces(text)), maxLength);
+  }
+
+  /**
+   * Encode one text with special tokens, truncated so the whole sequence fits in `maxLength`
+   * (the `truncation=True, max_length=...` behaviour).
+   */
+  encode(text: string, maxLength?: number, addSpecialTokens = true): Encoding {
+    const budget =
+      maxLength === undefined
+        ? undefined
+        : Math.max(0, maxLength - (addSpecialTokens ? this.specialsSingle : 0));
+    return this.withSpecialTokens(this.encodeWithoutSpecials(text, budget), null, addSpecialTokens);
+  }
+
+  /**
+   * Add the model's special tokens around one or two id sequences, with segment ids
+   * (prepare_for_model without truncation). The post-processor works on token strings, so it is
+   * run on placeholders and the ids are put back in their places.
+   */
+  withSpecialTokens(a: number[], b: number[] | null, addSpecialTokens = true): Encoding {
+    const pp = this.internals.post_processor;
+    if (!pp) {
+      return {
+        ids: b === null ? [...a] : [...a, ...b],
+        typeIds: [...a.map(() => 0), ...(b ?? []).map(() => 1)],
+      };
+    }
+    const out = pp(
+      a.map(() => SLOT_A),
+      b === null ? null : b.map(() => SLOT_B),
+      addSpecialTokens,
+    );
+    let tokens = out.tokens;
+    let types = out.token_type_ids ?? tokens.map(() => 0);
+    // Some post-processors (ByteLevel) hand the pair back unmerged.
+    if (b !== null && out.tokens_pair && tokens.length === a.length) {
+      tokens = [...tokens, ...out.tokens_pair];
+      types = [...types, ...out.tokens_pair.map(() => 1)];
+    }
+    const ids = new Array<number>(tokens.length);
+    let ia = 0;
+    let ib = 0;
+    for (let i = 0; i < tokens.length; i++) {
+      const t = tokens[i] as string;
+      if (t === SLOT_A) ids[i] = a[ia++] as number;
+      else if (t === SLOT_B) ids[i] = (b as number[])[ib++] as number;
+      else ids[i] = this.tok.token_to_id(t) ?? this.unkId;
+    }
+    return { ids, typeIds: types };
+  }
+
+  /** Number of tokens a text becomes with special tokens and no truncation. */
+  countTokens(text: string): number {
+    return this.pieces(text).length + this.specialsSingle;
+  }
+
+  decode(ids: number[], skipSpecialTokens = true): string {
+    if (ids.length === 0) return "";
+    return this.tok.decode(ids, { skip_special_tokens: skipSpecialTokens });
+  }
+
+  /** Cut ids to `maxLength` from the tokenizer's truncation side. */
+  truncate(ids: number[], maxLength?: number): number[] {
+    if (maxLength === undefined || ids.length <= maxLength) return ids;
+    return this.truncationSide === "left" ? ids.slice(ids.length - maxLength) : ids.slice(0, maxLength);
+  }
+
+  private toIds(pieces: string[]): number[] {
+    const out = new Array<number>(pieces.length);
+    for (let i = 0; i < pieces.length; i++) out[i] = this.tok.token_to_id(pieces[i] as string) ?? this.unkId;
+    return out;
+  }
+}
