@@ -1,5 +1,6 @@
 import { join } from "node:path";
-import { PrecompiledNormalizer, SequenceNormalizer, Tokenizer } from "@huggingface/tokenizers";
+import * as tokenizersJs from "@huggingface/tokenizers";
+import { Tokenizer } from "@huggingface/tokenizers";
 import { FlagserveError } from "./errors.js";
 import { type JsonObject, readJsonFile, readJsonIfExists } from "./files.js";
 import { PrecompiledCharsmap } from "./precompiled.js";
@@ -30,6 +31,13 @@ interface TokenizerInternals {
 // Placeholders that no vocabulary contains, used to locate the sequences in a post-processed template.
 const SLOT_A = "\u0000flagserve:A\u0000";
 const SLOT_B = "\u0000flagserve:B\u0000";
+
+// Exported at run time, but the package's typings lose these classes under NodeNext resolution.
+type Ctor = abstract new (...args: never[]) => unknown;
+const { PrecompiledNormalizer, SequenceNormalizer } = tokenizersJs as unknown as {
+  PrecompiledNormalizer: Ctor;
+  SequenceNormalizer: Ctor;
+};
 
 /** Swap @huggingface/tokenizers' approximate Precompiled normalizer for the exact charsmap rules. */
 function useExactPrecompiled(normalizer: unknown): void {
