@@ -62,6 +62,14 @@ interface Resolved {
 function describeHubError(repo: string, revision: string, err: unknown): FlagserveError {
   if (err instanceof FlagserveError) return err;
   if (err instanceof HubApiError) {
+    const said = JSON.stringify(err.data ?? "");
+    if (/Repository not found/i.test(said)) {
+      return new FlagserveError(
+        "hub_not_found",
+        `${repo} was not found on the hub (HTTP ${err.statusCode}); check the model id, or set HF_TOKEN if it is private`,
+        { cause: err },
+      );
+    }
     if (err.statusCode === 401 || err.statusCode === 403) {
       return new FlagserveError(
         "hub_auth",

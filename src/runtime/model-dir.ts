@@ -79,12 +79,8 @@ export function chooseOnnxFile(
     const file = candidates(d).find((c) => present.has(c));
     if (file) return { file, dtype: d, externalData: withData(file) };
   }
-  const wanted =
-    dtype === "auto" ? "an ONNX model" : `the ${dtype} variant (${candidates(dtype).join(" or ")})`;
-  throw new FlagserveError(
-    "model_files",
-    `the model has no ${wanted}; ONNX files present: ${listOnnx(files)}`,
-  );
+  const wanted = dtype === "auto" ? "no ONNX graph" : `no ${dtype} graph (${candidates(dtype).join(" or ")})`;
+  throw new FlagserveError("model_files", `the model has ${wanted}; ONNX files present: ${listOnnx(files)}`);
 }
 
 function listOnnx(files: string[]): string {
