@@ -43,7 +43,7 @@ describe("model store against a hub-like HTTP server", () => {
 
   test("downloads only the needed files into the standard cache layout and embeds like the local copy", async () => {
     const m = await FlagModel.load("test-org/tiny-bge", { hub: hubOpts() });
-    const out = await m.encodeCorpus(corpus.inputs);
+    const out = await m.encodeCorpus(corpus.inputs as string[]);
     assert.ok(maxAbsDiff(out.toArrays(), corpus.output) <= 1e-5);
     await m.close();
 

@@ -29,7 +29,7 @@ describe("ONNX variants and layouts", () => {
       const m = await FlagModel.load(modelPath("tiny-bge"), { dtype, poolingMethod: "cls" });
       open.push(m);
       assert.equal(m.loaded.onnx.file, file);
-      const out = await m.encodeCorpus(want.inputs);
+      const out = await m.encodeCorpus(want.inputs as string[]);
       const diff = maxAbsDiff(out.toArrays(), want.output);
       assert.ok(diff <= tol, `${dtype}: ${diff}`);
       assert.ok(diff > 0, `${dtype} must really run a different graph`);
@@ -48,7 +48,7 @@ describe("ONNX variants and layouts", () => {
     // cls is requested on purpose: the pre-pooled output (mean) must win over it
     const m = await FlagModel.load(modelPath("tiny-e5-pooled"), { poolingMethod: "cls" });
     open.push(m);
-    assertClose((await m.encodeCorpus(want.inputs)).toArrays(), want.output, 1e-5, "pre-pooled");
+    assertClose((await m.encodeCorpus(want.inputs as string[])).toArrays(), want.output, 1e-5, "pre-pooled");
   });
 
   test("several devices split the work and give the same result in input order", async () => {
@@ -59,7 +59,7 @@ describe("ONNX variants and layouts", () => {
     });
     open.push(m);
     assert.equal(m.deviceCount, 3);
-    assertClose((await m.encodeCorpus(want.inputs)).toArrays(), want.output, 1e-5, "multi-device");
+    assertClose((await m.encodeCorpus(want.inputs as string[])).toArrays(), want.output, 1e-5, "multi-device");
   });
 
   test("empty input list gives a 0-row matrix of the model's width", async () => {

@@ -94,6 +94,16 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     this.nativeDimension = pooled.dims;
   }
 
+  /**
+   * One forward pass over already tokenized inputs on one device: pooled vectors, not truncated
+   * or normalised (the server applies per-request dimensions and normalisation itself).
+   */
+  async pooledBatch(encodings: Encoding[], device = 0): Promise<Float32Matrix> {
+    const session = this.model.sessions[device];
+    if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
+    return this.forward(session, encodings);
+  }
+
   /** Run one padded batch through the graph and pool it (no truncation or normalisation). */
   protected async forward(session: OnnxSession, encodings: Encoding[]): Promise<Float32Matrix> {
     const tok = this.model.tokenizer;

@@ -164,3 +164,34 @@ export function mappingKey(nameOrPath: string): string {
   if (base.startsWith("checkpoint-") && parts.length > 1) return parts[parts.length - 2] as string;
   return base;
 }
+
+/** The hub repository a bare mapped name lives in ("bge-m3" -> "BAAI/bge-m3"); ids with an org pass through. */
+export function hubRepoFor(name: string): string | undefined {
+  if (name.includes("/")) return name;
+  const org = AUTO_EMBEDDER_MAPPING.get(name)?.org ?? AUTO_RERANKER_MAPPING.get(name)?.org;
+  return org ? `${org}/${name}` : undefined;
+}
+
+/**
+ * Query / passage instructions the model cards recommend, applied by the server and the CLI when
+ * the user gives none (a flagserve default: FlagEmbedding's classes themselves add no instruction).
+ */
+export interface DefaultInstructions {
+  query?: string;
+  passage?: string;
+}
+
+const WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query";
+
+export function defaultInstructions(name: string): DefaultInstructions {
+  const key = mappingKey(name);
+  if (/^bge-(small|base|large)-en(-v1\.5)?$/.test(key)) {
+    return { query: "Represent this sentence for searching relevant passages: " };
+  }
+  if (/^bge-(small|base|large)-zh(-v1\.5)?$/.test(key)) return { query: "为这个句子生成表示以用于检索相关文章：" };
+  if (/^(multilingual-)?e5-(small|base|large)(-v2)?$/.test(key)) return { query: "query: ", passage: "passage: " };
+  const config = AUTO_EMBEDDER_MAPPING.get(key);
+  // Instruction-tuned decoder and e5-instruct models expect a task description with every query.
+  if (config && config.queryInstructionFormat !== "{}{}") return { query: WEB_SEARCH };
+  return {};
+}

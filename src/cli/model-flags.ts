@@ -1,0 +1,62 @@
+import type { AutoModelOptions } from "../models/auto.js";
+import { defaultInstructions } from "../models/mapping.js";
+import type { Pooling } from "../models/pooling.js";
+import { type FlagSpecs, type FlagValues, int, list, str, UsageError } from "./args.js";
+
+/** Flags every command that loads a model shares. */
+export const MODEL_FLAGS: FlagSpecs = {
+  dtype: { type: "string", help: "ONNX variant: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4", default: "auto" },
+  devices: { type: "string", help: "cpu, cuda:0, or a comma-separated list", default: "cpu" },
+  revision: { type: "string", help: "hub revision (branch, tag or commit) for hub model ids", default: "main" },
+  "model-class": { type: "string", help: "embedder class for models the mapping does not know (encoder-only-base, ...)" },
+  pooling: { type: "string", help: "pooling for models the mapping does not know: cls, mean" },
+  "onnx-file": { type: "string", help: "graph file inside the model directory, instead of choosing by dtype" },
+  threads: { type: "string", help: "ONNX Runtime intra-op threads per device (default: all cores)" },
+  "batch-size": { type: "string", help: "inputs per forward pass", default: "256" },
+  "max-length": { type: "string", help: "token limit per input (default 512, capped by the model)" },
+  "query-instruction": { type: "string", help: "instruction for queries (default: the model card's, if known)" },
+  "passage-instruction": { type: "string", help: "instruction for passages (default: the model card's, if known)" },
+  "instruction-format": { type: "string", help: 'Python-style template for instructions, e.g. "{}{}"' },
+  "truncate-dim": { type: "string", help: "keep only the first N dimensions (Matryoshka)" },
+  "no-normalize": { type: "boolean", help: "return unnormalised embeddings" },
+};
+
+const POOLINGS: Pooling[] = ["cls", "mean", "last_token"];
+
+/** Translate the shared model flags into library options for one model source. */
+export function modelOptions(values: FlagValues, source: string): AutoModelOptions {
+  const pooling = str(values, "pooling");
+  if (pooling !== undefined && !POOLINGS.includes(pooling as Pooling)) {
+    throw new UsageError(`--pooling must be one of ${POOLINGS.join(", ")}`);
+  }
+  const defaults = defaultInstructions(source);
+  const maxLength = int(values, "max-length");
+  const threads = int(values, "threads");
+  const batchSize = int(values, "batch-size");
+  const truncateDim = int(values, "truncate-dim");
+  const options: AutoModelOptions = {
+    devices: list(values, "devices").length ? list(values, "devices").join(",") : "cpu",
+    hub: { revision: str(values, "revision") ?? "main" },
+    queryInstructionForRetrieval: str(values, "query-instruction") ?? defaults.query ?? null,
+    passageInstructionForRetrieval: str(values, "passage-instruction") ?? defaults.passage ?? null,
+    normalizeEmbeddings: values["no-normalize"] !== true,
+  };
+  const set = <K extends keyof AutoModelOptions>(k: K, v: AutoModelOptions[K] | undefined) => {
+    if (v !== undefined) options[k] = v;
+  };
+  set("dtype", str(values, "dtype"));
+  set("modelClass", str(values, "model-class") as AutoModelOptions["modelClass"]);
+  set("poolingMethod", pooling as Pooling | undefined);
+  set("onnxFile", str(values, "onnx-file"));
+  set("intraOpThreads", threads);
+  set("batchSize", batchSize);
+  set("queryMaxLength", maxLength);
+  set("passageMaxLength", maxLength);
+  set("truncateDim", truncateDim);
+  const format = str(values, "instruction-format");
+  if (format !== undefined) {
+    options.queryInstructionFormat = format;
+    options.passageInstructionFormat = format;
+  }
+  return options;
+}
