@@ -2,11 +2,17 @@
 import { UsageError } from "./cli/args.js";
 import { DOWNLOAD_USAGE, downloadCommand } from "./cli/download.js";
 import { EMBED_USAGE, embedCommand } from "./cli/embed.js";
+import { SERVE_USAGE, serveCommand } from "./cli/serve.js";
 import { isFlagserveError } from "./runtime/errors.js";
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string; summary: string }> = {
+  serve: { run: serveCommand, usage: SERVE_USAGE, summary: "start the HTTP server (OpenAI, TEI APIs)" },
   embed: { run: embedCommand, usage: EMBED_USAGE, summary: "embed stdin lines to JSONL" },
-  download: { run: downloadCommand, usage: DOWNLOAD_USAGE, summary: "pre-fetch a model into the Hugging Face cache" },
+  download: {
+    run: downloadCommand,
+    usage: DOWNLOAD_USAGE,
+    summary: "pre-fetch a model into the Hugging Face cache",
+  },
 };
 
 function mainUsage(): string {
@@ -36,7 +42,8 @@ async function main(argv: string[]): Promise<number> {
       process.stderr.write(`flagserve ${name}: ${err.message}\nRun "flagserve ${name} --help" for usage.\n`);
       return 2;
     }
-    const message = isFlagserveError(err) || !(err instanceof Error) ? String((err as Error).message ?? err) : err.message;
+    const message =
+      isFlagserveError(err) || !(err instanceof Error) ? String((err as Error).message ?? err) : err.message;
     process.stderr.write(`flagserve ${name}: error: ${message}\n`);
     if (verbose && err instanceof Error && err.stack) process.stderr.write(`${err.stack}\n`);
     return 1;

@@ -59,7 +59,12 @@ describe("ONNX variants and layouts", () => {
     });
     open.push(m);
     assert.equal(m.deviceCount, 3);
-    assertClose((await m.encodeCorpus(want.inputs as string[])).toArrays(), want.output, 1e-5, "multi-device");
+    assertClose(
+      (await m.encodeCorpus(want.inputs as string[])).toArrays(),
+      want.output,
+      1e-5,
+      "multi-device",
+    );
   });
 
   test("empty input list gives a 0-row matrix of the model's width", async () => {

@@ -4,7 +4,8 @@ hub/optimum ONNX layout flagserve reads:
     OUT_DIR/config.json, tokenizer.json, tokenizer_config.json, special_tokens_map.json, vocab.txt,
     modules.json, sentence_bert_config.json, 1_Pooling/config.json,
     onnx/model.onnx            fp32, output last_hidden_state [batch, sequence, 384]
-    onnx/model_quantized.onnx  dynamic int8 (onnxruntime quantize_dynamic, QInt8 weights)
+    onnx/model_quantized.onnx  dynamic int8 (onnxruntime quantize_dynamic: QInt8 weights, per channel,
+                               reduce_range)
     export.json                versions and the ORT-vs-PyTorch check figures
 
 usage: python export_minilm.py [OUT_DIR] [--force]
@@ -61,6 +62,7 @@ def stamp() -> dict:
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
         "opset": OPSET,
+        "quantized": "quantize_dynamic(weight_type=QInt8, per_channel=True, reduce_range=True)",
     }
 
 
@@ -115,7 +117,17 @@ def export(src: Path, out: Path) -> dict:
         )
     onnx.checker.check_model(str(fp32))
     quantized = onnx_dir / "model_quantized.onnx"
-    quantize_dynamic(str(fp32), str(quantized), weight_type=QuantType.QInt8)
+    # Per-channel weights with reduce_range (7-bit) are what optimum's avx2/avx512 dynamic configs and
+    # transformers.js' model_quantized.onnx use; plain per-tensor QInt8 loses far more on this model
+    # (worst cosine ~0.76 vs ~0.96 over the parity corpus).
+    quantize_dynamic(
+        str(fp32),
+        str(quantized),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=True,
+        extra_options={"MatMulConstBOnly": True},
+    )
 
     # Check: ORT (fp32 and int8) vs PyTorch on padded batches, up to the full 512 positions.
     feeds = tokenizer(CHECK_TEXTS, padding=True, truncation=True, max_length=512, return_tensors="np")

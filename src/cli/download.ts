@@ -4,8 +4,16 @@ import { modelFileSelector, parseDtype } from "../runtime/model-dir.js";
 import { bool, type FlagSpecs, helpText, parseFlags, str, UsageError } from "./args.js";
 
 const FLAGS: FlagSpecs = {
-  dtype: { type: "string", help: "ONNX variant to fetch (auto = fp32 for cpu, fp16 for cuda)", default: "auto" },
-  devices: { type: "string", help: "devices the model will run on (decides the auto variant)", default: "cpu" },
+  dtype: {
+    type: "string",
+    help: "ONNX variant to fetch (auto = fp32 for cpu, fp16 for cuda)",
+    default: "auto",
+  },
+  devices: {
+    type: "string",
+    help: "devices the model will run on (decides the auto variant)",
+    default: "cpu",
+  },
   revision: { type: "string", help: "branch, tag or commit", default: "main" },
   "onnx-file": { type: "string", help: "a specific graph file to fetch" },
   verbose: { type: "boolean", help: "stack traces on errors" },

@@ -5,17 +5,37 @@ import { type FlagSpecs, type FlagValues, int, list, str, UsageError } from "./a
 
 /** Flags every command that loads a model shares. */
 export const MODEL_FLAGS: FlagSpecs = {
-  dtype: { type: "string", help: "ONNX variant: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4", default: "auto" },
+  dtype: {
+    type: "string",
+    help: "ONNX variant: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4",
+    default: "auto",
+  },
   devices: { type: "string", help: "cpu, cuda:0, or a comma-separated list", default: "cpu" },
-  revision: { type: "string", help: "hub revision (branch, tag or commit) for hub model ids", default: "main" },
-  "model-class": { type: "string", help: "embedder class for models the mapping does not know (encoder-only-base, ...)" },
+  revision: {
+    type: "string",
+    help: "hub revision (branch, tag or commit) for hub model ids",
+    default: "main",
+  },
+  "model-class": {
+    type: "string",
+    help: "embedder class for models the mapping does not know (encoder-only-base, ...)",
+  },
   pooling: { type: "string", help: "pooling for models the mapping does not know: cls, mean" },
-  "onnx-file": { type: "string", help: "graph file inside the model directory, instead of choosing by dtype" },
+  "onnx-file": {
+    type: "string",
+    help: "graph file inside the model directory, instead of choosing by dtype",
+  },
   threads: { type: "string", help: "ONNX Runtime intra-op threads per device (default: all cores)" },
   "batch-size": { type: "string", help: "inputs per forward pass", default: "256" },
   "max-length": { type: "string", help: "token limit per input (default 512, capped by the model)" },
-  "query-instruction": { type: "string", help: "instruction for queries (default: the model card's, if known)" },
-  "passage-instruction": { type: "string", help: "instruction for passages (default: the model card's, if known)" },
+  "query-instruction": {
+    type: "string",
+    help: "instruction for queries (default: the model card's, if known)",
+  },
+  "passage-instruction": {
+    type: "string",
+    help: "instruction for passages (default: the model card's, if known)",
+  },
   "instruction-format": { type: "string", help: 'Python-style template for instructions, e.g. "{}{}"' },
   "truncate-dim": { type: "string", help: "keep only the first N dimensions (Matryoshka)" },
   "no-normalize": { type: "boolean", help: "return unnormalised embeddings" },

@@ -188,8 +188,10 @@ export function defaultInstructions(name: string): DefaultInstructions {
   if (/^bge-(small|base|large)-en(-v1\.5)?$/.test(key)) {
     return { query: "Represent this sentence for searching relevant passages: " };
   }
-  if (/^bge-(small|base|large)-zh(-v1\.5)?$/.test(key)) return { query: "为这个句子生成表示以用于检索相关文章：" };
-  if (/^(multilingual-)?e5-(small|base|large)(-v2)?$/.test(key)) return { query: "query: ", passage: "passage: " };
+  if (/^bge-(small|base|large)-zh(-v1\.5)?$/.test(key))
+    return { query: "为这个句子生成表示以用于检索相关文章：" };
+  if (/^(multilingual-)?e5-(small|base|large)(-v2)?$/.test(key))
+    return { query: "query: ", passage: "passage: " };
   const config = AUTO_EMBEDDER_MAPPING.get(key);
   // Instruction-tuned decoder and e5-instruct models expect a task description with every query.
   if (config && config.queryInstructionFormat !== "{}{}") return { query: WEB_SEARCH };

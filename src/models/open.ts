@@ -16,7 +16,11 @@ export async function openEmbedder(source: string, options: AutoModelOptions = {
   }
   const onCuda = parseDevices(options.devices).some((d) => d.kind === "cuda");
   const dtype = options.dtype === undefined ? "auto" : parseDtype(options.dtype);
-  const path = await resolveModelDir(source, modelFileSelector(dtype, onCuda ? "cuda" : "cpu", options.onnxFile), options.hub);
+  const path = await resolveModelDir(
+    source,
+    modelFileSelector(dtype, onCuda ? "cuda" : "cpu", options.onnxFile),
+    options.hub,
+  );
   const pooling = options.poolingMethod ?? (await (await ModelDir.open(path)).sentenceTransformersPooling());
   if (!pooling) {
     throw new FlagserveError(

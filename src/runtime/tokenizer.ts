@@ -152,20 +152,25 @@ export class TextTokenizer {
   }
 
   /** Ids of a text without special tokens, optionally truncated to `maxLength` ids. */
-  encodeWithoutSpecials(text: string, maxLength?: number): number[] {
-    return this.truncate(this.toIds(this.pieces(text)), maxLength);
+  encodeWithoutSpecials(text: string, maxLength?: number, side: Side = this.truncationSide): number[] {
+    return this.truncate(this.toIds(this.pieces(text)), maxLength, side);
   }
 
   /**
    * Encode one text with special tokens, truncated so the whole sequence fits in `maxLength`
    * (the `truncation=True, max_length=...` behaviour).
    */
-  encode(text: string, maxLength?: number, addSpecialTokens = true): Encoding {
+  encode(
+    text: string,
+    maxLength?: number,
+    addSpecialTokens = true,
+    side: Side = this.truncationSide,
+  ): Encoding {
     const budget =
       maxLength === undefined
         ? undefined
         : Math.max(0, maxLength - (addSpecialTokens ? this.specialsSingle : 0));
-    return this.withSpecialTokens(this.encodeWithoutSpecials(text, budget), null, addSpecialTokens);
+    return this.withSpecialTokens(this.encodeWithoutSpecials(text, budget, side), null, addSpecialTokens);
   }
 
   /**
@@ -215,10 +220,10 @@ export class TextTokenizer {
     return this.tok.decode(ids, { skip_special_tokens: skipSpecialTokens });
   }
 
-  /** Cut ids to `maxLength` from the tokenizer's truncation side. */
-  truncate(ids: number[], maxLength?: number): number[] {
+  /** Cut ids to `maxLength`, by default from the tokenizer's truncation side. */
+  truncate(ids: number[], maxLength?: number, side: Side = this.truncationSide): number[] {
     if (maxLength === undefined || ids.length <= maxLength) return ids;
-    return this.truncationSide === "left" ? ids.slice(ids.length - maxLength) : ids.slice(0, maxLength);
+    return side === "left" ? ids.slice(ids.length - maxLength) : ids.slice(0, maxLength);
   }
 
   private toIds(pieces: string[]): number[] {

@@ -1,0 +1,121 @@
+import { endianness } from "node:os";
+import { Tiktoken } from "js-tiktoken/lite";
+import cl100k from "js-tiktoken/ranks/cl100k_base";
+import type { Float32Matrix } from "../runtime/matrix.js";
+import { type ApiError, badRequest } from "./errors.js";
+
+/** Inputs as a client sent them: texts, or token ids (one array per input). */
+export type RawInputs = { texts: string[] } | { ids: number[][] };
+
+/**
+ * Normalise OpenAI / TEI style inputs (string | string[] | number[] | number[][]) and check the
+ * per-request count. Empty strings are valid inputs; an empty list is not.
+ */
+export function readInputs(input: unknown, param: string, maxInputs: number): RawInputs {
+  if (typeof input === "string") return { texts: [input] };
+  if (!Array.isArray(input)) throw badRequest(`${param} must be a string or an array`, param);
+  if (input.length === 0) throw badRequest(`${param} must not be empty`, param, "empty");
+  if (input.length > maxInputs) {
+    throw badRequest(
+      `${param} has ${input.length} items; at most ${maxInputs} are accepted per request`,
+      param,
+    );
+  }
+  if (input.every((x) => typeof x === "string")) return { texts: input as string[] };
+  if (input.every((x) => Number.isInteger(x))) return { ids: [input as number[]] };
+  if (input.every((x) => Array.isArray(x) && x.every((y) => Number.isInteger(y)))) {
+    const ids = input as number[][];
+    if (ids.length > maxInputs) throw badRequest(`${param} has too many items`, param);
+    return { ids };
+  }
+  throw badRequest(`${param} mixes types: use all strings, or all token ids`, param);
+}
+
+let tiktoken: Tiktoken | undefined;
+let cl100kMax = 0;
+
+/** Decode cl100k_base token ids to text (LangChain's Python OpenAIEmbeddings sends these). */
+export function decodeCl100k(ids: number[][], param: string): string[] {
+  if (!tiktoken) {
+    tiktoken = new Tiktoken(cl100k);
+    cl100kMax = 100276; // highest id of cl100k_base, special tokens included
+  }
+  const enc = tiktoken;
+  return ids.map((seq, i) => {
+    for (const id of seq) {
+      if (id < 0 || id > cl100kMax) {
+        throw badRequest(`${param}[${i}] has token id ${id}, outside the cl100k_base vocabulary`, param);
+      }
+    }
+    try {
+      return enc.decode(seq);
+    } catch (err) {
+      throw badRequest(
+        `${param}[${i}] cannot be decoded as cl100k_base tokens: ${(err as Error).message}`,
+        param,
+      );
+    }
+  });
+}
+
+/** Check model-vocabulary ids against the tokenizer's size. */
+export function checkVocabIds(ids: number[][], vocabSize: number, param: string): void {
+  ids.forEach((seq, i) => {
+    for (const id of seq) {
+      if (id < 0 || id >= vocabSize) {
+        throw badRequest(
+          `${param}[${i}] has token id ${id}, outside the model's vocabulary of ${vocabSize}`,
+          param,
+        );
+      }
+    }
+  });
+}
+
+/** Matryoshka `dimensions`: keep the first N, then re-normalise; otherwise the model's own output. */
+export function finalizeEmbeddings(
+  raw: Float32Matrix,
+  opts: { dimensions?: number | null; normalize: boolean; truncateDim: number | null },
+): Float32Matrix {
+  if (opts.dimensions) return raw.truncateColumns(opts.dimensions).normalizeRows();
+  const cut = opts.truncateDim ? raw.truncateColumns(opts.truncateDim) : raw;
+  return opts.normalize ? cut.normalizeRows() : cut;
+}
+
+export function checkDimensions(
+  dimensions: number | null | undefined,
+  modelDims: number,
+  param = "dimensions",
+): void {
+  if (dimensions === undefined || dimensions === null) return;
+  if (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > modelDims) {
+    throw badRequest(`${param} must be between 1 and ${modelDims} for this model, got ${dimensions}`, param);
+  }
+}
+
+const LITTLE_ENDIAN = endianness() === "LE";
+
+/** Standard base64 of little-endian float32 bytes, as OpenAI's encoding_format=base64 defines it. */
+export function float32Base64(row: Float32Array): string {
+  if (LITTLE_ENDIAN) return Buffer.from(row.buffer, row.byteOffset, row.byteLength).toString("base64");
+  const buf = Buffer.alloc(row.length * 4);
+  row.forEach((v, i) => {
+    buf.writeFloatLE(v, i * 4);
+  });
+  return buf.toString("base64");
+}
+
+/** A JSON array of floats with 9 significant digits: enough to restore every float32 exactly. */
+export function float32Json(row: ArrayLike<number>): string {
+  let s = "[";
+  for (let i = 0; i < row.length; i++) {
+    const v = row[i] as number;
+    if (i > 0) s += ",";
+    s += Number.isFinite(v) ? String(+v.toPrecision(9)) : "0";
+  }
+  return `${s}]`;
+}
+
+export function tooManyTokens(total: number, limit: number): ApiError {
+  return badRequest(`the request has ${total} tokens; at most ${limit} are accepted per request`, "input");
+}

@@ -1,0 +1,180 @@
+import { Type as T } from "@sinclair/typebox";
+import type { Encoding } from "../../runtime/tokenizer.js";
+import {
+  type EmbedCall,
+  InputTooLongError,
+  type InputType,
+  type ServedEmbedder,
+} from "../../serving/models.js";
+import {
+  checkDimensions,
+  checkVocabIds,
+  decodeCl100k,
+  finalizeEmbeddings,
+  float32Base64,
+  float32Json,
+  readInputs,
+  tooManyTokens,
+} from "../encode.js";
+import { ApiError, badRequest } from "../errors.js";
+import { EmbeddingsRequest, EmbeddingsResponse, ModelList, ModelObject, openaiErrors } from "../schemas.js";
+import type { App, AppContext } from "../server.js";
+
+/** The served model a request names, or the OpenAI-shaped 404 / 503. */
+export function requireEmbedder(ctx: AppContext, name: string | undefined, param = "model"): ServedEmbedder {
+  if (!ctx.state.ready && ctx.registry.embedders().length === 0) {
+    throw new ApiError(503, "models are still loading; retry shortly", {
+      code: "model_loading",
+      retryAfterSeconds: 2,
+    });
+  }
+  const model = ctx.registry.embedder(name, ctx.config.strictModels);
+  if (!model) {
+    const served = ctx.registry.embedders().map((m) => m.id);
+    throw new ApiError(
+      404,
+      `The model \`${name}\` does not exist or is not an embedding model served here; served: ${served.join(", ") || "none"}`,
+      { code: "model_not_found", param },
+    );
+  }
+  return model;
+}
+
+export function inputTypeOf(value: string | undefined, model: ServedEmbedder): InputType {
+  if (value === undefined) return model.defaultInputType;
+  return value === "query" ? "query" : "passage";
+}
+
+/**
+ * Tokenize what a client sent, with the request's truncation choice and the request token limit.
+ * Token ids are cl100k_base (decoded to text first) or the model's own vocabulary.
+ */
+export function encodeInputs(
+  ctx: AppContext,
+  model: ServedEmbedder,
+  raw: ReturnType<typeof readInputs>,
+  opts: Omit<EmbedCall, "texts"> & { idsAre: "cl100k" | "model"; param: string },
+): Encoding[] {
+  const { idsAre, param, ...call } = opts;
+  let encodings: Encoding[];
+  try {
+    if ("texts" in raw) {
+      encodings = model.tokenize({ ...call, texts: raw.texts });
+    } else if (idsAre === "cl100k") {
+      encodings = model.tokenize({ ...call, texts: decodeCl100k(raw.ids, param) });
+    } else {
+      checkVocabIds(raw.ids, model.tokenizer.vocabSize, param);
+      encodings = model.fromTokenIds(raw.ids, opts.truncate);
+    }
+  } catch (err) {
+    if (err instanceof InputTooLongError) throw badRequest(err.message, param, "context_length_exceeded");
+    throw err;
+  }
+  const total = encodings.reduce((n, e) => n + e.ids.length, 0);
+  if (total > ctx.config.limits.maxRequestTokens)
+    throw tooManyTokens(total, ctx.config.limits.maxRequestTokens);
+  return encodings;
+}
+
+export function modelObject(m: ServedEmbedder) {
+  return {
+    id: m.id,
+    object: "model" as const,
+    created: m.created,
+    owned_by: "flagserve",
+    kind: m.kind,
+    dimensions: m.dimension,
+    max_input_tokens: m.maxInputTokens,
+    source: m.source,
+  };
+}
+
+export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
+  const { metrics } = ctx;
+
+  for (const url of ["/v1/embeddings", "/embeddings"]) {
+    app.post(
+      url,
+      {
+        schema: {
+          summary: "Create embeddings (OpenAI-compatible)",
+          tags: ["OpenAI"],
+          hide: url === "/embeddings",
+          body: EmbeddingsRequest,
+          response: { 200: EmbeddingsResponse, ...openaiErrors },
+        },
+        config: { dialect: "openai" },
+      },
+      async (request, reply) => {
+        const body = request.body;
+        const model = requireEmbedder(ctx, body.model);
+        const raw = readInputs(body.input, "input", ctx.config.limits.maxInputs);
+        checkDimensions(body.dimensions, model.dimension);
+        const encodings = encodeInputs(ctx, model, raw, {
+          inputType: inputTypeOf(body.input_type, model),
+          truncate: body.truncate ?? true,
+          idsAre: ctx.config.tokenIds,
+          param: "input",
+        });
+        const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
+        const vectors = finalizeEmbeddings(pooled, {
+          dimensions: body.dimensions ?? null,
+          normalize: model.model.options.normalizeEmbeddings,
+          truncateDim: model.model.options.truncateDim,
+        });
+        const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
+        metrics.inputs.inc({ model: model.id }, encodings.length);
+        metrics.tokens.inc({ model: model.id }, tokens);
+        const base64 = body.encoding_format === "base64";
+        // Built by hand: tens of thousands of floats serialise faster as one string.
+        const parts: string[] = [];
+        for (let i = 0; i < vectors.rows; i++) {
+          const emb = base64 ? `"${float32Base64(vectors.row(i))}"` : float32Json(vectors.row(i));
+          parts.push(`{"object":"embedding","index":${i},"embedding":${emb}}`);
+        }
+        const json = `{"object":"list","data":[${parts.join(",")}],"model":${JSON.stringify(model.id)},"usage":{"prompt_tokens":${tokens},"total_tokens":${tokens}}}`;
+        return reply.type("application/json").send(json);
+      },
+    );
+  }
+
+  for (const url of ["/v1/models", "/models"]) {
+    app.get(
+      url,
+      {
+        schema: {
+          summary: "List served models",
+          tags: ["OpenAI"],
+          hide: url === "/models",
+          response: { 200: ModelList, ...openaiErrors },
+        },
+        config: { dialect: "openai" },
+      },
+      async () => ({ object: "list" as const, data: ctx.registry.embedders().map(modelObject) }),
+    );
+  }
+
+  app.get(
+    "/v1/models/*",
+    {
+      schema: {
+        summary: "One served model (ids may contain slashes, as hub ids do)",
+        tags: ["OpenAI"],
+        params: T.Object({ "*": T.String() }),
+        response: { 200: ModelObject, ...openaiErrors },
+      },
+      config: { dialect: "openai" },
+    },
+    async (request) => {
+      const id = request.params["*"];
+      const m = ctx.registry.models.find((x) => x.id === id);
+      if (!m) {
+        throw new ApiError(404, `The model \`${id}\` does not exist`, {
+          code: "model_not_found",
+          param: "model",
+        });
+      }
+      return modelObject(m);
+    },
+  );
+}

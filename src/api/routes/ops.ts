@@ -1,0 +1,59 @@
+import { Type as T } from "@sinclair/typebox";
+import type { App, AppContext } from "../server.js";
+
+/** Liveness, readiness, Prometheus metrics and the OpenAPI document; reachable without a key. */
+export async function opsRoutes(app: App, ctx: AppContext): Promise<void> {
+  const open = { public: true };
+
+  app.get(
+    "/health",
+    {
+      schema: {
+        summary: "Liveness: the process answers",
+        tags: ["Operations"],
+        response: { 200: T.Object({ status: T.String() }) },
+      },
+      config: open,
+    },
+    async () => ({ status: "ok" }),
+  );
+
+  app.get(
+    "/ready",
+    {
+      schema: {
+        summary:
+          "Readiness: models loaded and warmed (503 while loading, after a failure, or while draining)",
+        tags: ["Operations"],
+        response: {
+          200: T.Object({ status: T.String(), models: T.Array(T.String()) }),
+          503: T.Object({ status: T.String(), reason: T.Optional(T.String()) }),
+        },
+      },
+      config: open,
+    },
+    async (_request, reply) => {
+      const { state, registry } = ctx;
+      if (state.draining) return reply.code(503).send({ status: "draining" });
+      if (state.loadError) return reply.code(503).send({ status: "failed", reason: state.loadError });
+      if (!state.ready) return reply.code(503).send({ status: "loading" });
+      return { status: "ready", models: registry.models.map((m) => m.id) };
+    },
+  );
+
+  app.get(
+    "/metrics",
+    { schema: { summary: "Prometheus metrics", tags: ["Operations"] }, config: open },
+    async (_request, reply) => {
+      for (const m of ctx.registry.models) ctx.metrics.queueDepth.set({ model: m.id }, m.queued);
+      const text = await ctx.metrics.registry.metrics();
+      return reply.type(ctx.metrics.registry.contentType).send(text);
+    },
+  );
+
+  app.get(
+    "/openapi.json",
+    { schema: { summary: "This server's OpenAPI 3 document", tags: ["Operations"] }, config: open },
+    async () => app.swagger(),
+  );
+}

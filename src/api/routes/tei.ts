@@ -1,0 +1,179 @@
+import { Type as T } from "@sinclair/typebox";
+import { checkDimensions, finalizeEmbeddings, readInputs } from "../encode.js";
+import { badRequest } from "../errors.js";
+import { TeiDecodeRequest, TeiEmbedRequest, TeiToken, TeiTokenizeRequest, teiErrors } from "../schemas.js";
+import { type App, type AppContext, VERSION } from "../server.js";
+import { encodeInputs, requireEmbedder } from "./openai.js";
+
+const tei = { dialect: "tei" as const };
+
+/**
+ * Hugging Face text-embeddings-inference's routes, so TEI clients work unchanged. TEI serves one
+ * model; here a request may name one with an extra `model` field, else the first embedder answers.
+ */
+export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
+  const pick = (body: unknown) => requireEmbedder(ctx, (body as { model?: string }).model);
+
+  app.post(
+    "/embed",
+    {
+      schema: {
+        summary: "Embed (text-embeddings-inference compatible)",
+        tags: ["TEI"],
+        body: TeiEmbedRequest,
+        response: { 200: T.Array(T.Array(T.Number())), ...teiErrors },
+      },
+      config: tei,
+    },
+    async (request, reply) => {
+      const body = request.body;
+      const model = pick(body);
+      const raw = readInputs(body.inputs, "inputs", ctx.config.limits.maxInputs);
+      checkDimensions(body.dimensions, model.dimension);
+      let prompt: string | undefined;
+      if (body.prompt_name) {
+        prompt = model.promptFor(body.prompt_name);
+        if (prompt === undefined) {
+          const known = ["query", "passage", ...Object.keys(model.prompts)];
+          throw badRequest(
+            `unknown prompt_name "${body.prompt_name}"; known: ${known.join(", ")}`,
+            "prompt_name",
+          );
+        }
+      }
+      // Without prompt_name TEI embeds the text as given: no instruction.
+      const encodings = encodeInputs(ctx, model, raw, {
+        inputType: "passage",
+        prompt: prompt ?? "",
+        truncate: body.truncate ?? true,
+        ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
+        idsAre: "model",
+        param: "inputs",
+      });
+      const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
+      const vectors = finalizeEmbeddings(pooled, {
+        dimensions: body.dimensions ?? null,
+        normalize: body.normalize ?? true,
+        truncateDim: model.model.options.truncateDim,
+      });
+      ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
+      ctx.metrics.tokens.inc(
+        { model: model.id },
+        encodings.reduce((n, e) => n + e.ids.length, 0),
+      );
+      return reply.send(vectors.toArrays());
+    },
+  );
+
+  app.post(
+    "/tokenize",
+    {
+      schema: {
+        summary: "Tokenize (text-embeddings-inference compatible)",
+        tags: ["TEI"],
+        body: TeiTokenizeRequest,
+        response: { 200: T.Array(T.Array(TeiToken)), ...teiErrors },
+      },
+      config: tei,
+    },
+    async (request) => {
+      const body = request.body;
+      const model = pick(body);
+      const texts = typeof body.inputs === "string" ? [body.inputs] : body.inputs;
+      if (texts.length === 0) throw badRequest("inputs must not be empty", "inputs", "empty");
+      if (texts.length > ctx.config.limits.maxInputs) throw badRequest("too many inputs", "inputs");
+      const prefix = body.prompt_name ? (model.promptFor(body.prompt_name) ?? "") : "";
+      const tok = model.tokenizer;
+      return texts.map((t) => {
+        const ids =
+          body.add_special_tokens === false
+            ? tok.encodeWithoutSpecials(prefix + t)
+            : tok.encode(prefix + t, undefined).ids;
+        return ids.map((id) => ({
+          id,
+          text: tok.idToToken(id) ?? "",
+          special: tok.specialIds.has(id),
+          start: null,
+          stop: null,
+        }));
+      });
+    },
+  );
+
+  app.post(
+    "/decode",
+    {
+      schema: {
+        summary: "Decode token ids (text-embeddings-inference compatible)",
+        tags: ["TEI"],
+        body: TeiDecodeRequest,
+        response: { 200: T.Array(T.String()), ...teiErrors },
+      },
+      config: tei,
+    },
+    async (request) => {
+      const body = request.body;
+      const model = pick(body);
+      const ids = (body.ids.length > 0 && Array.isArray(body.ids[0]) ? body.ids : [body.ids]) as number[][];
+      return ids.map((seq) => model.tokenizer.decode(seq, body.skip_special_tokens ?? true));
+    },
+  );
+
+  app.get(
+    "/info",
+    {
+      schema: {
+        summary: "Model and router information (text-embeddings-inference compatible)",
+        tags: ["TEI"],
+        response: {
+          200: T.Object(
+            {
+              model_id: T.String(),
+              model_sha: T.Union([T.String(), T.Null()]),
+              model_dtype: T.String(),
+              model_type: T.Object({}, { additionalProperties: true }),
+              max_concurrent_requests: T.Integer(),
+              max_input_length: T.Integer(),
+              max_batch_tokens: T.Integer(),
+              max_batch_requests: T.Union([T.Integer(), T.Null()]),
+              max_client_batch_size: T.Integer(),
+              auto_truncate: T.Boolean(),
+              tokenization_workers: T.Integer(),
+              version: T.String(),
+              sha: T.Union([T.String(), T.Null()]),
+              docker_label: T.Union([T.String(), T.Null()]),
+            },
+            { additionalProperties: true },
+          ),
+          ...teiErrors,
+        },
+      },
+      config: tei,
+    },
+    async () => {
+      const model = requireEmbedder(ctx, undefined);
+      const sha = /snapshots\/([0-9a-f]{40})/.exec(model.model.loaded.dir.path)?.[1] ?? null;
+      return {
+        model_id: model.source,
+        model_sha: sha,
+        model_dtype:
+          model.model.loaded.onnx.dtype === "fp16"
+            ? "float16"
+            : model.model.loaded.onnx.dtype === "fp32"
+              ? "float32"
+              : model.model.loaded.onnx.dtype,
+        model_type: { embedding: { pooling: model.pooling } },
+        max_concurrent_requests: ctx.config.scheduler.maxQueuedInputs ?? 16384,
+        max_input_length: model.maxInputTokens,
+        max_batch_tokens: ctx.config.scheduler.maxBatchTokens ?? 16384,
+        max_batch_requests: ctx.config.scheduler.maxBatchSize ?? 64,
+        max_client_batch_size: ctx.config.limits.maxInputs,
+        auto_truncate: true,
+        tokenization_workers: 1,
+        version: VERSION,
+        sha: null,
+        docker_label: null,
+      };
+    },
+  );
+}

@@ -1,0 +1,78 @@
+import type { AddressInfo } from "node:net";
+import { ModelRegistry, type ModelSpec, ServedEmbedder } from "../serving/models.js";
+import { DEFAULT_CONFIG, DEFAULT_LIMITS, type ServerConfig } from "./config.js";
+import { Metrics } from "./metrics.js";
+import { type App, type AppContext, buildServer, type ServerState } from "./server.js";
+
+export interface RunningServer {
+  app: App;
+  url: string;
+  ctx: AppContext;
+  /** Resolves when every model is loaded and warmed (rejects if one fails). */
+  loaded: Promise<void>;
+  /** Stop accepting, finish in-flight requests, release the models. */
+  close: () => Promise<void>;
+}
+
+export function serverConfig(partial: Partial<ServerConfig> = {}): ServerConfig {
+  return {
+    ...DEFAULT_CONFIG,
+    ...partial,
+    limits: { ...DEFAULT_LIMITS, ...partial.limits },
+    scheduler: { ...DEFAULT_CONFIG.scheduler, ...partial.scheduler },
+  };
+}
+
+/**
+ * Listen first, then load the models: /health answers at once and /ready turns 200 only when
+ * every model is loaded and has run a warm-up batch.
+ */
+export async function startServer(
+  specs: ModelSpec[],
+  partial: Partial<ServerConfig> = {},
+): Promise<RunningServer> {
+  const config = serverConfig(partial);
+  const registry = new ModelRegistry();
+  const metrics = new Metrics();
+  const state: ServerState = { ready: false, draining: false };
+  const ctx: AppContext = { config, registry, metrics, state };
+  const app = await buildServer(ctx);
+  await app.listen({ host: config.host, port: config.port });
+  const addr = app.server.address() as AddressInfo;
+  const host = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
+  const url = `http://${host}:${addr.port}`;
+
+  const loaded = (async () => {
+    try {
+      for (const spec of specs) {
+        let id = "";
+        const model = await ServedEmbedder.load(
+          spec,
+          config.scheduler,
+          metrics.batchObserver(() => id),
+        );
+        id = model.id;
+        registry.add(model);
+        app.log.info({ model: model.id, source: model.source, dimension: model.dimension }, "model ready");
+      }
+      state.ready = true;
+    } catch (err) {
+      state.loadError = (err as Error).message;
+      throw err;
+    }
+  })();
+  // The caller decides what a load failure means; an unobserved rejection must not crash the process.
+  loaded.catch(() => {});
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      state.draining = true;
+      await app.close();
+      await loaded.catch(() => {});
+      await registry.close();
+    })();
+    return closing;
+  };
+  return { app, url, ctx, loaded, close };
+}
