@@ -92,6 +92,11 @@ function show(text: string, max = 100): string {
   return s.length > max ? `${s.slice(0, max)}…" (${text.length} chars)` : s;
 }
 
+/** A cosine with its distance from 1, which toFixed alone rounds away near parity. */
+function cos(c: number): string {
+  return `${c.toFixed(9)} (1-cos ${(1 - c).toExponential(1)})`;
+}
+
 function sameIds(a: number[], b: number[]): boolean {
   return a.length === b.length && a.every((v, i) => v === b[i]);
 }
@@ -133,17 +138,15 @@ async function main(): Promise<number> {
       failed ||= !ok;
       console.log(`== flagserve fp32 vs ${name} (max_length ${r.max_length}) ${ok ? "PASS" : "FAIL"}`);
       console.log(`   reference call  ${r.call}`);
-      console.log(
-        `   worst cosine    ${fig.worstCosine.toFixed(9)}  (#${fig.worstIndex} ${show(worstText)})`,
-      );
-      console.log(`   mean cosine     ${fig.meanCosine.toFixed(9)}`);
+      console.log(`   worst cosine    ${cos(fig.worstCosine)}  (#${fig.worstIndex} ${show(worstText)})`);
+      console.log(`   mean cosine     ${cos(fig.meanCosine)}`);
       console.log(`   max abs diff    ${fig.maxAbsDiff.toExponential(3)}`);
       console.log(`   token ids       ${texts.length - mismatched.length}/${texts.length} texts identical`);
       const sameIdsFig = mismatched.length ? compareRows(got, r.embeddings, new Set(mismatched)) : fig;
       if (mismatched.length) {
         console.log(
           `   over the ${texts.length - mismatched.length} texts with identical ids: worst cosine ` +
-            `${sameIdsFig.worstCosine.toFixed(9)} (#${sameIdsFig.worstIndex}), mean ${sameIdsFig.meanCosine.toFixed(9)}, ` +
+            `${cos(sameIdsFig.worstCosine)} (#${sameIdsFig.worstIndex}), mean ${cos(sameIdsFig.meanCosine)}, ` +
             `max abs diff ${sameIdsFig.maxAbsDiff.toExponential(3)}`,
         );
         console.log("   texts whose ids differ (first 20):");
@@ -192,7 +195,7 @@ async function main(): Promise<number> {
         const a = compareRows(await auto.encode(texts, { batchSize }), flagRef.embeddings);
         console.log(
           `FlagAutoModel.fromFinetuned(modelClass "encoder-only-base", mean) vs flagembedding: ` +
-            `worst cosine ${a.worstCosine.toFixed(9)}, max abs diff ${a.maxAbsDiff.toExponential(3)}`,
+            `worst cosine ${cos(a.worstCosine)}, max abs diff ${a.maxAbsDiff.toExponential(3)}`,
         );
         summary.flagAutoModel = a;
         failed ||= a.worstCosine < threshold;

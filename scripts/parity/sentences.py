@@ -95,7 +95,9 @@ UNICODE = [
     "São Paulo é a maior cidade do Brasil; ação, coração, pão.",
     "Tiếng Việt có nhiều dấu: Hà Nội, Sài Gòn, phở bò, bánh mì.",
     "İstanbul, Ankara, IĞDIR, ılık, ŞİŞLİ — Türkçe büyük/küçük harf",
-    "ΟΔΟΣ ΣΟΦΙΑΣ ΚΑΙ ΛΟΓΟΣ — Ελληνικά: Σωκράτης, ψυχή, σοφός",
+    "ΟΔΟΣ ΣΟΦΙΑΣ ΚΑΙ ΛΟΓΟΣ — Ελληνικά: Σωκράτης, ψυχή, σοφός",  # word-final capital sigma
+    "ΚΑΛΩΣ ΟΡΙΣΑΤΕ ΣΤΗΝ ΑΘΗΝΑ",
+    "οδος σοφιας και λογος (already lower case)",
     "Москва — столица России. Ёлка, щётка, объём.",
     "Київ, Україна; ґанок, їжак, є.",
     "مرحبا بالعالم، كيف حالك اليوم؟",
@@ -126,6 +128,9 @@ CJK = [
     "《红楼梦》是中国古典四大名著之一，作者曹雪芹。",
     "繁體中文：臺灣的首都是臺北市。",
     "𠮷野家 and 𩸽 (characters outside the BMP)",
+    # Supplementary-plane ideographs next to non-ideographs: BERT's normalizer isolates them too.
+    "𩸽は北海道の魚です。𠮷さん",
+    "a𠮷b 𠮷𩸽 丽x y𠀀",
 ]
 
 EMOJI = [

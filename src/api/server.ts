@@ -218,7 +218,8 @@ export async function buildServer(ctx: AppContext): Promise<App> {
 
   app.setErrorHandler((err, request, reply) => {
     const apiError = toApiError(err);
-    if (apiError.status >= 500) request.log.error({ err }, "request failed");
+    // 503s (busy, loading, draining) are expected states, not faults worth an error line.
+    if (apiError.status >= 500 && apiError.status !== 503) request.log.error({ err }, "request failed");
     return sendError(reply, apiError, dialectOf(request));
   });
   app.setNotFoundHandler((request, reply) =>

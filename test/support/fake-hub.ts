@@ -54,6 +54,8 @@ export class FakeHub {
   readonly log: RequestLog[] = [];
   private server: Server | undefined;
   url = "";
+  /** Milliseconds every answer is held back (to observe a server while it loads). */
+  delayMs = 0;
 
   addRepo(name: string, repo: FakeRepo): void {
     this.repos.set(name, repo);
@@ -129,6 +131,7 @@ export class FakeHub {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
     const url = new URL(req.url ?? "/", "http://x");
     const path = decodeURIComponent(url.pathname);
     this.log.push({

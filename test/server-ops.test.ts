@@ -1,0 +1,204 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { join } from "node:path";
+import { after, describe, test } from "node:test";
+import OpenAI from "openai";
+import { type RunningServer, startServer } from "../src/api/start.js";
+import type { ModelSpec } from "../src/serving/models.js";
+import { modelPath, ROOT, tempDir } from "./helpers.js";
+import { commitSha, FakeHub, filesOf } from "./support/fake-hub.js";
+
+const TINY: ModelSpec = { source: modelPath("tiny-bge"), alias: "tiny", options: { poolingMethod: "cls" } };
+const quiet = { host: "127.0.0.1", port: 0, logLevel: "warn" };
+
+async function post(url: string, body: unknown, headers: Record<string, string> = {}): Promise<Response> {
+  return fetch(url, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...headers },
+    body: JSON.stringify(body),
+  });
+}
+
+describe("API keys and CORS", () => {
+  let server: RunningServer;
+  after(() => server.close());
+
+  test("bearer keys: missing or wrong get 401 in each dialect's shape, any configured key passes", async () => {
+    server = await startServer([TINY], {
+      ...quiet,
+      apiKeys: ["key-one", "key-two"],
+      corsOrigins: ["https://app.example"],
+    });
+    await server.loaded;
+    const url = `${server.url}/v1/embeddings`;
+    const body = { model: "tiny", input: "hi" };
+    const none = await post(url, body);
+    assert.equal(none.status, 401);
+    assert.deepEqual(((await none.json()) as { error: { code: string } }).error.code, "invalid_api_key");
+    assert.equal((await post(url, body, { authorization: "Bearer key-three" })).status, 401);
+    assert.equal((await post(url, body, { authorization: "Bearer key-two" })).status, 200);
+    assert.equal((await post(url, body, { authorization: "bearer key-one" })).status, 200);
+    const tei = await post(`${server.url}/embed`, { inputs: "hi" });
+    assert.equal(tei.status, 401);
+    assert.deepEqual(Object.keys((await tei.json()) as object).sort(), ["error", "error_type"]);
+    for (const open of ["/health", "/ready", "/metrics", "/openapi.json"]) {
+      assert.equal((await fetch(`${server.url}${open}`)).status, 200, open);
+    }
+    const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "wrong", maxRetries: 0 });
+    await assert.rejects(client.embeddings.create({ model: "tiny", input: "x" }), OpenAI.AuthenticationError);
+    const good = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "key-one" });
+    assert.equal((await good.embeddings.create({ model: "tiny", input: "x" })).data.length, 1);
+  });
+
+  test("CORS preflight for a configured origin", async () => {
+    const res = await fetch(`${server.url}/v1/embeddings`, {
+      method: "OPTIONS",
+      headers: {
+        origin: "https://app.example",
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "authorization,content-type",
+      },
+    });
+    assert.ok(res.status === 204 || res.status === 200, String(res.status));
+    assert.equal(res.headers.get("access-control-allow-origin"), "https://app.example");
+  });
+});
+
+describe("saturation and deadlines", () => {
+  test("a full queue answers 429 with Retry-After, and the openai client's retry then succeeds", async () => {
+    // A long collection window keeps the first request queued; the queue holds 2 inputs.
+    const server = await startServer([TINY], { ...quiet, scheduler: { windowMs: 400, maxQueuedInputs: 2 } });
+    try {
+      await server.loaded;
+      const url = `${server.url}/v1/embeddings`;
+      const results = await Promise.all(
+        Array.from({ length: 8 }, () => post(url, { model: "tiny", input: ["a", "b"] })),
+      );
+      const statuses = results.map((r) => r.status).sort();
+      assert.deepEqual(statuses, [200, 429, 429, 429, 429, 429, 429, 429]);
+      const refused = results.find((r) => r.status === 429) as Response;
+      assert.ok(Number(refused.headers.get("retry-after")) >= 1);
+      const body = (await refused.json()) as { error: { type: string; code: string } };
+      assert.equal(body.error.code, "rate_limit_exceeded");
+
+      const blocker = post(url, { model: "tiny", input: ["a", "b"] });
+      await new Promise((r) => setTimeout(r, 50));
+      const client = new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "x", maxRetries: 2 });
+      const started = Date.now();
+      const res = await client.embeddings.create({ model: "tiny", input: "c" });
+      assert.equal(res.data.length, 1);
+      assert.ok(Date.now() - started >= 900, "the client waited for Retry-After before retrying");
+      assert.equal((await blocker).status, 200);
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(
+        metrics,
+        /flagserve_http_requests_total\{route="\/v1\/embeddings",method="POST",status="429"\} \d+/,
+      );
+    } finally {
+      await server.close();
+    }
+  });
+
+  test("a request past its deadline gets a 503 instead of waiting", async () => {
+    const server = await startServer([TINY], {
+      ...quiet,
+      scheduler: { windowMs: 3000 },
+      limits: { maxInputs: 2048, maxRequestTokens: 1e6, bodyLimit: 1e6, requestTimeoutMs: 150 },
+    });
+    try {
+      await server.loaded;
+      const started = Date.now();
+      const res = await post(`${server.url}/v1/embeddings`, { model: "tiny", input: "x" });
+      assert.equal(res.status, 503);
+      assert.ok(Date.now() - started < 2000);
+      assert.equal(((await res.json()) as { error: { code: string } }).error.code, "timeout");
+    } finally {
+      await server.close();
+    }
+  });
+});
+
+describe("loading and shutdown", () => {
+  test("/ready is 503 while the model downloads, model routes say so, then both turn 200", async () => {
+    const hub = new FakeHub();
+    const cache = await tempDir();
+    const sha = commitSha("x");
+    hub.addRepo("org/tiny", {
+      refs: { main: sha },
+      commits: { [sha]: await filesOf(modelPath("tiny-bge")) },
+    });
+    await hub.start();
+    hub.delayMs = 150;
+    const server = await startServer(
+      [
+        {
+          source: "org/tiny",
+          options: { poolingMethod: "cls", hub: { endpoint: hub.url, cacheDir: cache.path } },
+        },
+      ],
+      quiet,
+    );
+    try {
+      const ready = await fetch(`${server.url}/ready`);
+      assert.equal(ready.status, 503);
+      assert.deepEqual(await ready.json(), { status: "loading" });
+      assert.equal((await fetch(`${server.url}/health`)).status, 200);
+      const early = await post(`${server.url}/v1/embeddings`, { model: "org/tiny", input: "x" });
+      assert.equal(early.status, 503);
+      assert.ok(early.headers.get("retry-after"));
+      await server.loaded;
+      assert.equal((await fetch(`${server.url}/ready`)).status, 200);
+      assert.equal(
+        (await post(`${server.url}/v1/embeddings`, { model: "org/tiny", input: "x" })).status,
+        200,
+      );
+    } finally {
+      await server.close();
+      await hub.stop();
+      await cache.cleanup();
+    }
+  });
+
+  test("SIGTERM: the in-flight request completes, the process exits 0", async () => {
+    const child = spawn(
+      process.execPath,
+      [
+        "--import",
+        "tsx",
+        join(ROOT, "src", "cli.ts"),
+        "serve",
+        "--model",
+        `${modelPath("tiny-bge")}=tiny`,
+        "--pooling",
+        "cls",
+        "--port",
+        "0",
+        "--batch-window-ms",
+        "1500",
+      ],
+      { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let log = "";
+    const url = await new Promise<string>((resolve, reject) => {
+      const onData = (chunk: Buffer) => {
+        log += chunk.toString();
+        const m = /listening on (http:\/\/[^ ]+) /.exec(log);
+        if (m && /all models ready/.test(log)) resolve(m[1] as string);
+      };
+      child.stdout.on("data", onData);
+      child.stderr.on("data", onData);
+      child.once("exit", (code) => reject(new Error(`server exited early (${code}): ${log}`)));
+    });
+    const inFlight = post(`${url}/v1/embeddings`, { model: "tiny", input: "still running" });
+    await new Promise((r) => setTimeout(r, 300));
+    const exited = once(child, "exit");
+    child.kill("SIGTERM");
+    const res = await inFlight;
+    assert.equal(res.status, 200);
+    assert.equal(((await res.json()) as { data: unknown[] }).data.length, 1);
+    const [code] = await exited;
+    assert.equal(code, 0, log);
+    await assert.rejects(fetch(`${url}/health`));
+  });
+});
