@@ -27,6 +27,39 @@ export class PrecompiledCharsmap {
 
   /** Normalise a string grapheme by grapheme, with the Rust tokenizer's rules for long clusters. */
   normalize(text: string): string {
+    // ASCII characters are graphemes of their own (CR LF aside, which is looked up as a pair), so
+    // runs of them skip the grapheme segmenter; the last one joins the next run in case a
+    // combining mark follows it.
+    let out = "";
+    let i = 0;
+    while (i < text.length) {
+      let j = i;
+      while (j < text.length && text.charCodeAt(j) < 0x80) j++;
+      let asciiEnd = j < text.length ? Math.max(i, j - 1) : j;
+      // keep a CR LF pair together on the grapheme side
+      if (asciiEnd > i && asciiEnd < text.length && text.charCodeAt(asciiEnd) === 10 && text.charCodeAt(asciiEnd - 1) === 13) {
+        asciiEnd--;
+      }
+      for (let k = i; k < asciiEnd; k++) {
+        if (text.charCodeAt(k) === 13 && text.charCodeAt(k + 1) === 10 && k + 1 < asciiEnd) {
+          out += this.transform("\r\n") ?? `${this.transform("\r") ?? "\r"}${this.transform("\n") ?? "\n"}`;
+          k++;
+          continue;
+        }
+        const ch = text[k] as string;
+        out += this.transform(ch) ?? ch;
+      }
+      if (asciiEnd >= text.length) break;
+      // The rest of this non-ASCII run (plus the ASCII character before it) goes through graphemes.
+      let end = asciiEnd + 1;
+      while (end < text.length && text.charCodeAt(end) >= 0x80) end++;
+      out += this.normalizeGraphemes(text.slice(asciiEnd, end));
+      i = end;
+    }
+    return out;
+  }
+
+  private normalizeGraphemes(text: string): string {
     let out = "";
     for (const { segment } of this.segmenter.segment(text)) {
       // Graphemes shorter than 6 UTF-8 bytes are looked up whole; others (and misses) char by char.

@@ -34,22 +34,97 @@ const SLOT_B = "\u0000flagserve:B\u0000";
 
 // Exported at run time, but the package's typings lose these classes under NodeNext resolution.
 type Ctor = abstract new (...args: never[]) => unknown;
-const { PrecompiledNormalizer, SequenceNormalizer } = tokenizersJs as unknown as {
+const { PrecompiledNormalizer, SequenceNormalizer, BertNormalizer, LowercaseNormalizer } = tokenizersJs as unknown as {
   PrecompiledNormalizer: Ctor;
   SequenceNormalizer: Ctor;
+  BertNormalizer: Ctor;
+  LowercaseNormalizer: Ctor;
 };
 
-/** Swap @huggingface/tokenizers' approximate Precompiled normalizer for the exact charsmap rules. */
-function useExactPrecompiled(normalizer: unknown): void {
+/** Lowercase character by character, as Rust does: JavaScript's context rule turns a word-final Σ into ς. */
+function lowercasePerChar(text: string): string {
+  return text.replaceAll("\u03a3", "\u03c3").toLowerCase();
+}
+
+/** The CJK ideograph blocks BERT puts whitespace around (including the supplementary planes). */
+function isCjk(cp: number): boolean {
+  return (
+    (cp >= 0x4e00 && cp <= 0x9fff) ||
+    (cp >= 0x3400 && cp <= 0x4dbf) ||
+    (cp >= 0x20000 && cp <= 0x2a6df) ||
+    (cp >= 0x2a700 && cp <= 0x2b73f) ||
+    (cp >= 0x2b740 && cp <= 0x2b81f) ||
+    (cp >= 0x2b820 && cp <= 0x2ceaf) ||
+    (cp >= 0xf900 && cp <= 0xfaff) ||
+    (cp >= 0x2f800 && cp <= 0x2fa1f)
+  );
+}
+
+/** Space out CJK ideographs by code point (the library compares UTF-16 units and misses astral ones). */
+function spaceCjk(text: string): string {
+  let out = "";
+  for (const ch of text) out += isCjk(ch.codePointAt(0) as number) ? ` ${ch} ` : ch;
+  return out;
+}
+
+interface BertNormalizerInternals {
+  config: { clean_text?: boolean; handle_chinese_chars?: boolean; lowercase?: boolean; strip_accents?: boolean | null };
+  clean_text(t: string): string;
+  strip_accents(t: string): string;
+  normalize: (t: string) => string;
+}
+
+/**
+ * Where @huggingface/tokenizers' normalizers differ from the Rust tokenizer that produced the
+ * reference ids, replace their behaviour: SentencePiece's charsmap run exactly, per-character
+ * lowercasing, and CJK spacing by code point.
+ */
+function matchRustNormalizers(normalizer: unknown): void {
   if (normalizer instanceof PrecompiledNormalizer) {
     const charsmap = (normalizer as unknown as { charsmap: string | null }).charsmap;
     if (charsmap) {
       const exact = new PrecompiledCharsmap(charsmap);
       (normalizer as unknown as { normalize: (t: string) => string }).normalize = (t) => exact.normalize(t);
     }
+  } else if (normalizer instanceof BertNormalizer) {
+    const n = normalizer as unknown as BertNormalizerInternals;
+    const c = n.config;
+    n.normalize = (input) => {
+      let text = input;
+      if (c.clean_text) text = n.clean_text(text);
+      if (c.handle_chinese_chars) text = spaceCjk(text);
+      if (c.lowercase) {
+        text = lowercasePerChar(text);
+        if (c.strip_accents !== false) text = n.strip_accents(text);
+      } else if (c.strip_accents) {
+        text = n.strip_accents(text);
+      }
+      return text;
+    };
+  } else if (normalizer instanceof LowercaseNormalizer) {
+    (normalizer as unknown as { normalize: (t: string) => string }).normalize = lowercasePerChar;
   } else if (normalizer instanceof SequenceNormalizer) {
-    for (const inner of (normalizer as unknown as { normalizers: unknown[] }).normalizers)
-      useExactPrecompiled(inner);
+    for (const inner of (normalizer as unknown as { normalizers: unknown[] }).normalizers) matchRustNormalizers(inner);
+  }
+}
+
+/** Whether a pre-tokenizer config splits every word at whitespace (BERT, Whitespace, Metaspace, ByteLevel). */
+function splitsOnWhitespace(config: unknown): boolean {
+  if (!config || typeof config !== "object") return false;
+  const c = config as JsonObject;
+  switch (c.type) {
+    case "BertPreTokenizer":
+    case "Whitespace":
+    case "WhitespaceSplit":
+      return true;
+    case "Metaspace":
+      return c.split !== false;
+    case "ByteLevel":
+      return c.use_regex !== false;
+    case "Sequence":
+      return Array.isArray(c.pretokenizers) && c.pretokenizers.some(splitsOnWhitespace);
+    default:
+      return false;
   }
 }
 
@@ -83,12 +158,14 @@ export class TextTokenizer {
   private readonly unkId: number;
   private readonly specialsSingle: number;
   private readonly specialsPair: number;
+  /** Pieces never span whitespace, so a prefix cut at whitespace tokenizes like the start of the text. */
+  private readonly wordLocal: boolean;
 
   private constructor(tok: Tokenizer, config: JsonObject, tokenizerJson: JsonObject) {
     this.tok = tok;
     this.config = config;
     this.internals = tok as unknown as TokenizerInternals;
-    useExactPrecompiled(tok.normalizer);
+    matchRustNormalizers(tok.normalizer);
     const maxLen = config.model_max_length;
     this.modelMaxLength = typeof maxLen === "number" && maxLen < NO_LIMIT ? maxLen : undefined;
     this.paddingSide = config.padding_side === "left" ? "left" : "right";
@@ -101,6 +178,7 @@ export class TextTokenizer {
     this.padTokenId = this.resolvePadId(config, tokenizerJson);
     this.specialIds = new Set(this.internals.all_special_ids);
     this.vocabSize = tok.get_vocab(true).size;
+    this.wordLocal = splitsOnWhitespace(tokenizerJson.pre_tokenizer);
     this.specialsSingle = this.withSpecialTokens([], null).ids.length;
     this.specialsPair = this.withSpecialTokens([], []).ids.length;
   }
@@ -153,7 +231,28 @@ export class TextTokenizer {
 
   /** Ids of a text without special tokens, optionally truncated to `maxLength` ids. */
   encodeWithoutSpecials(text: string, maxLength?: number, side: Side = this.truncationSide): number[] {
+    if (maxLength !== undefined && side === "right" && this.wordLocal && text.length > maxLength * 3 + 256) {
+      const head = this.headPieces(text, maxLength);
+      if (head) return this.toIds(head);
+    }
     return this.truncate(this.toIds(this.pieces(text)), maxLength, side);
+  }
+
+  /**
+   * The first `count` pieces of a long text without tokenizing all of it. With a pre-tokenizer
+   * that splits on whitespace, the pieces of a prefix that ends at a whitespace are exactly the
+   * first pieces of the whole text; the prefix grows until it yields enough of them.
+   */
+  private headPieces(text: string, count: number): string[] | undefined {
+    let cut = count * 3;
+    while (cut < text.length) {
+      const ws = text.slice(cut).search(/\s/);
+      if (ws < 0) return undefined;
+      const pieces = this.pieces(text.slice(0, cut + ws));
+      if (pieces.length >= count) return pieces.slice(0, count);
+      cut = (cut + ws) * 2;
+    }
+    return undefined;
   }
 
   /**
