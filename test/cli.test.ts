@@ -1,0 +1,167 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { cp, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { assertClose, loadGolden, modelPath, ROOT, tempDir } from "./helpers.js";
+import { commitSha, FakeHub, filesOf } from "./support/fake-hub.js";
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function flagserve(args: string[], stdin = "", env: NodeJS.ProcessEnv = {}): Promise<Run> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", join(ROOT, "src", "cli.ts"), ...args], {
+      cwd: ROOT,
+      env: { ...process.env, ...env },
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d) => {
+      stdout += d;
+    });
+    child.stderr.on("data", (d) => {
+      stderr += d;
+    });
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
+}
+
+const golden = loadGolden("tiny-bge");
+const caseOf = (name: string) => golden.cases.find((c: { name: string }) => c.name === name);
+
+describe("flagserve embed", () => {
+  test("one JSONL line per stdin line, equal to FlagEmbedding's vectors", async () => {
+    const c = caseOf("corpus_normalized");
+    const texts = (c.inputs as string[]).filter((t) => !/[\r\n]/.test(t));
+    const run = await flagserve(
+      ["embed", "--model", modelPath("tiny-bge"), "--pooling", "cls"],
+      `${texts.join("\n")}\n`,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const lines = run.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { index: number; embedding: number[] });
+    assert.deepEqual(
+      lines.map((l) => l.index),
+      texts.map((_, i) => i),
+    );
+    const expected = texts.map((t) => c.output[(c.inputs as string[]).indexOf(t)] as number[]);
+    assertClose(
+      lines.map((l) => l.embedding),
+      expected,
+      1e-5,
+      "cli",
+    );
+  });
+
+  test("--query applies the query instruction", async () => {
+    const c = caseOf("queries_with_instruction");
+    const run = await flagserve(
+      [
+        "embed",
+        "--model",
+        modelPath("tiny-bge"),
+        "--pooling",
+        "cls",
+        "--query",
+        "--query-instruction",
+        c.init.queryInstructionForRetrieval,
+      ],
+      `${(c.inputs as string[]).join("\n")}\n`,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const vectors = run.stdout
+      .trim()
+      .split("\n")
+      .map((l) => (JSON.parse(l) as { embedding: number[] }).embedding);
+    assertClose(vectors, c.output, 1e-5, "queries");
+  });
+
+  test("bad input: one line on stderr naming the reason, non-zero exit, no stack trace", async () => {
+    const cases: [string[], string, number, RegExp][] = [
+      [["embed", "--model", modelPath("tiny-bge"), "--pooling", "cls"], "", 1, /no input on stdin/],
+      [["embed", "--model", "./no/such/dir"], "x\n", 1, /model directory \.\/no\/such\/dir does not exist/],
+      [
+        ["embed", "--model", modelPath("tiny-bge")],
+        "x\n",
+        1,
+        /"tiny-bge" is not in the model mapping and declares no pooling/,
+      ],
+      [
+        ["embed", "--model", modelPath("tiny-bge"), "--model-class", "decoder-only-icl"],
+        "x\n",
+        1,
+        /does not provide yet/,
+      ],
+      [["embed"], "x\n", 2, /--model is required/],
+      [["embed", "--model", "x", "--bogus"], "x\n", 2, /Unknown option '--bogus'/],
+      [["nope"], "", 2, /unknown command "nope"/],
+    ];
+    for (const [args, stdin, code, message] of cases) {
+      const run = await flagserve(args, stdin);
+      assert.equal(run.code, code, `${args.join(" ")}: ${run.stderr}`);
+      assert.match(run.stderr, message);
+      assert.doesNotMatch(run.stderr, /\n\s+at /, "no stack trace without --verbose");
+    }
+  });
+
+  test("a corrupt model file is named; --verbose adds the stack", async () => {
+    const dir = await tempDir();
+    try {
+      await cp(modelPath("tiny-bge"), join(dir.path, "m"), { recursive: true });
+      await writeFile(join(dir.path, "m", "config.json"), "{ nope");
+      const run = await flagserve(["embed", "--model", join(dir.path, "m"), "--pooling", "cls"], "x\n");
+      assert.equal(run.code, 1);
+      assert.match(run.stderr, /config\.json is not valid JSON/);
+      assert.equal(run.stderr.trim().split("\n").length, 1);
+      const verbose = await flagserve(
+        ["embed", "--model", join(dir.path, "m"), "--pooling", "cls", "--verbose"],
+        "x\n",
+      );
+      assert.match(verbose.stderr, /\n\s+at /);
+    } finally {
+      await dir.cleanup();
+    }
+  });
+});
+
+describe("flagserve download", () => {
+  const hub = new FakeHub();
+  let home: { path: string; cleanup: () => Promise<void> };
+  before(async () => {
+    home = await tempDir();
+    const sha = commitSha("cli");
+    hub.addRepo("BAAI/bge-small-en-v1.5", {
+      refs: { main: sha },
+      commits: { [sha]: await filesOf(modelPath("tiny-bge")) },
+    });
+    await hub.start();
+  });
+  after(async () => {
+    await hub.stop();
+    await home.cleanup();
+  });
+
+  test("pre-fetches a mapped name into HF_HOME, then embed works offline from the cache", async () => {
+    const env = { HF_HOME: home.path, HF_ENDPOINT: hub.url, HF_HUB_OFFLINE: "" };
+    const run = await flagserve(["download", "bge-small-en-v1.5"], "", env);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stdout.trim(), /hub\/models--BAAI--bge-small-en-v1\.5\/snapshots\/[0-9a-f]{40}$/);
+    const offline = await flagserve(["embed", "--model", "BAAI/bge-small-en-v1.5"], "hello\n", {
+      ...env,
+      HF_HUB_OFFLINE: "1",
+    });
+    assert.equal(offline.code, 0, offline.stderr);
+    assert.equal(JSON.parse(offline.stdout).embedding.length, 32);
+    const missing = await flagserve(["download", "BAAI/bge-m3"], "", env);
+    assert.equal(missing.code, 1);
+    assert.match(missing.stderr, /BAAI\/bge-m3 was not found on the hub/);
+  });
+});
