@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
+import type { Embedder } from "../src/models/auto.js";
 import { FlagAutoModel } from "../src/models/auto.js";
-import type { FlagModel } from "../src/models/encoder-only.js";
 import { Float32Matrix } from "../src/runtime/matrix.js";
 import { TextTokenizer } from "../src/runtime/tokenizer.js";
 import { assertClose, type Golden, loadGolden, modelPath, namedModelDir } from "./helpers.js";
@@ -28,7 +28,7 @@ for (const fixture of ["tiny-bge", "tiny-e5"]) {
 
   describe(`${fixture}: FlagAutoModel("${golden.mapped_name}") matches FlagEmbedding`, () => {
     let link: { path: string; cleanup: () => Promise<void> };
-    const models: FlagModel[] = [];
+    const models: Embedder[] = [];
     before(async () => {
       link = await namedModelDir(fixture, golden.mapped_name);
     });

@@ -229,11 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     src, out = args.src.resolve(), args.out.resolve()
     if not (src / "config.json").is_file():
         fail(f"{src} is not a checkpoint directory (no config.json)")
-    if out.exists() and any(out.iterdir()):
-        if not args.overwrite:
-            fail(f"{out} is not empty (pass --overwrite to replace it)")
-        shutil.rmtree(out)
-    (out / "onnx").mkdir(parents=True, exist_ok=True)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        fail(f"{out} is not empty (pass --overwrite to replace it)")
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(src)
@@ -247,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     external = args.external_data == "always" or (args.external_data == "auto" and n_bytes > EXTERNAL_DATA_THRESHOLD)
     print(f"{src.name}: hidden {hidden}, colbert dim {colbert_linear.out_features}, {n_bytes / 1e6:.1f} MB fp32")
 
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "onnx").mkdir(parents=True)
     write_model_files(src, out, tokenizer)
     shipped = AutoTokenizer.from_pretrained(out)
     for text in CHECK_TEXTS:

@@ -193,7 +193,7 @@ async function main(): Promise<number> {
     try {
       const flagRef = ref.references.flagembedding;
       if (flagRef) {
-        const a = compareRows(await auto.encode(texts, { batchSize }), flagRef.embeddings);
+        const a = compareRows((await auto.encode(texts, { batchSize })) as Float32Matrix, flagRef.embeddings);
         console.log(
           `FlagAutoModel.fromFinetuned(modelClass "encoder-only-base", mean) vs flagembedding: ` +
             `worst cosine ${cos(a.worstCosine)}, max abs diff ${a.maxAbsDiff.toExponential(3)}`,

@@ -1,6 +1,11 @@
 import { FlagserveError } from "../runtime/errors.js";
+import type { Float32Matrix } from "../runtime/matrix.js";
+import type { Pooling } from "../runtime/model-dir.js";
+import type { Encoding, TextTokenizer } from "../runtime/tokenizer.js";
+import { splitAcrossDevices } from "./devices.js";
 import { formatInstruction } from "./instruction.js";
-import type { RuntimeOptions } from "./loader.js";
+import type { LoadedModel, RuntimeOptions } from "./loader.js";
+import { positiveInt } from "./options.js";
 
 /** Constructor options, with FlagEmbedding's names (camelCase) and defaults. */
 export interface EmbedderOptions extends RuntimeOptions {
@@ -29,6 +34,23 @@ export interface EncodeOptions {
   instructionFormat?: string;
 }
 
+/**
+ * What the server and the CLI need from any embedding model: dense vectors of tokenized inputs on
+ * a device, and the model's limits. FlagModel and BGEM3FlagModel both provide it.
+ */
+export interface DenseEmbedder {
+  readonly dimension: number;
+  readonly poolingMethod: Pooling;
+  readonly tokenizer: TextTokenizer;
+  readonly loaded: LoadedModel;
+  readonly deviceCount: number;
+  readonly options: ResolvedEmbedderOptions;
+  effectiveMaxLength(requested: number): number;
+  /** Pooled vectors, neither truncated nor normalised. */
+  denseBatch(encodings: Encoding[], device?: number): Promise<Float32Matrix>;
+  close(): Promise<void>;
+}
+
 /** What a single-device encode receives once defaults and instructions are applied. */
 export interface ResolvedEncode {
   batchSize: number;
@@ -45,16 +67,6 @@ export interface ResolvedEmbedderOptions {
   queryMaxLength: number;
   passageMaxLength: number;
   truncateDim: number | null;
-}
-
-function positiveInt(name: string, value: number | null | undefined, fallback: number): number;
-function positiveInt(name: string, value: number | null | undefined, fallback: null): number | null;
-function positiveInt(name: string, value: number | null | undefined, fallback: number | null): number | null {
-  if (value === undefined || value === null) return fallback;
-  if (!Number.isInteger(value) || value < 1) {
-    throw new FlagserveError("invalid_input", `${name} must be a positive integer, got ${value}`);
-  }
-  return value;
 }
 
 export function resolveEmbedderOptions(o: EmbedderOptions): ResolvedEmbedderOptions {
@@ -158,16 +170,13 @@ export abstract class AbsEmbedder<TOut, TOne, TOpts extends EncodeOptions = Enco
         positiveInt("maxLength", opts.maxLength, this.options.passageMaxLength),
       ),
     } as ResolvedEncode & TOpts;
-    if (single || this.deviceCount === 1 || sentences.length <= 1) {
-      const out = await this.encodeSingleDevice(sentences, resolved, 0);
-      return single ? this.first(out) : out;
-    }
-    // Contiguous chunks, one per device, run concurrently and joined in input order.
-    const chunk = Math.ceil(sentences.length / this.deviceCount);
-    const parts: Promise<TOut>[] = [];
-    for (let d = 0, start = 0; start < sentences.length; d++, start += chunk) {
-      parts.push(this.encodeSingleDevice(sentences.slice(start, start + chunk), resolved, d));
-    }
-    return this.concat(await Promise.all(parts));
+    // A single string always runs on the first device, as FlagEmbedding does.
+    const out = await splitAcrossDevices(
+      sentences,
+      single ? 1 : this.deviceCount,
+      (chunk, device) => this.encodeSingleDevice(chunk, resolved, device),
+      (parts) => this.concat(parts),
+    );
+    return single ? this.first(out) : out;
   }
 }

@@ -1,0 +1,77 @@
+import { FlagserveError } from "../runtime/errors.js";
+import type { RerankerOptions } from "./abs-reranker.js";
+import {
+  AUTO_RERANKER_MAPPING,
+  mappingKey,
+  type RerankerConfig,
+  RerankerModelClass,
+  supportRerankerModelList,
+} from "./mapping.js";
+import { FlagReranker } from "./reranker.js";
+
+export interface AutoRerankerOptions extends RerankerOptions {
+  /** Pick the class yourself, for models the mapping does not know. */
+  modelClass?: RerankerModelClass | `${RerankerModelClass}`;
+  /** Accepted for FlagEmbedding compatibility; ONNX graphs run no repository code. */
+  trustRemoteCode?: boolean;
+}
+
+/** The reranker classes this build can instantiate. */
+export type Reranker = FlagReranker;
+
+function parseModelClass(value: string): RerankerModelClass {
+  const known = Object.values(RerankerModelClass) as string[];
+  if (!known.includes(value)) {
+    throw new FlagserveError(
+      "invalid_input",
+      `unknown modelClass "${value}"; expected one of ${known.join(", ")}`,
+    );
+  }
+  return value as RerankerModelClass;
+}
+
+/** FlagEmbedding's FlagAutoReranker: picks the reranker class by model name. */
+export class FlagAutoReranker {
+  private constructor() {
+    throw new Error("FlagAutoReranker is used through FlagAutoReranker.fromFinetuned(nameOrPath)");
+  }
+
+  static resolveConfig(
+    nameOrPath: string,
+    options: AutoRerankerOptions = {},
+  ): RerankerConfig & { name: string } {
+    const name = mappingKey(nameOrPath);
+    const mapped = AUTO_RERANKER_MAPPING.get(name);
+    if (options.modelClass !== undefined) {
+      return {
+        name,
+        modelClass: parseModelClass(options.modelClass),
+        trustRemoteCode: options.trustRemoteCode ?? false,
+        org: mapped?.org ?? "",
+      };
+    }
+    if (!mapped) {
+      throw new FlagserveError(
+        "unknown_model",
+        `reranker name "${name}" is not in the model mapping; pass modelClass (one of ${Object.values(RerankerModelClass).join(", ")}) ` +
+          `for other models. Known names: ${supportRerankerModelList().join(", ")}`,
+      );
+    }
+    return { name, ...mapped, trustRemoteCode: options.trustRemoteCode ?? mapped.trustRemoteCode };
+  }
+
+  static async fromFinetuned(nameOrPath: string, options: AutoRerankerOptions = {}): Promise<Reranker> {
+    const config = FlagAutoReranker.resolveConfig(nameOrPath, options);
+    const { modelClass: _mc, trustRemoteCode: _trc, ...rest } = options;
+    const hubRepo = config.org ? `${config.org}/${config.name}` : undefined;
+    switch (config.modelClass) {
+      case "encoder-only-base":
+        return FlagReranker.load(nameOrPath, rest, hubRepo);
+      default:
+        throw new FlagserveError(
+          "not_supported",
+          `${config.name} needs the ${config.modelClass} reranker class, which flagserve does not provide yet`,
+        );
+    }
+  }
+}
