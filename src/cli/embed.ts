@@ -1,6 +1,7 @@
 import { createInterface } from "node:readline";
 import { openEmbedder } from "../models/open.js";
 import { FlagserveError } from "../runtime/errors.js";
+import { Float32Matrix } from "../runtime/matrix.js";
 import { bool, type FlagSpecs, helpText, parseFlags, str, UsageError } from "./args.js";
 import { MODEL_FLAGS, modelOptions } from "./model-flags.js";
 
@@ -40,7 +41,9 @@ export async function embedCommand(argv: string[]): Promise<void> {
   let done = 0;
 
   const flush = async (lines: string[]) => {
-    const matrix = asQuery ? await embedder.encodeQueries(lines) : await embedder.encodeCorpus(lines);
+    const out = asQuery ? await embedder.encodeQueries(lines) : await embedder.encodeCorpus(lines);
+    // BGE-M3 answers with all its outputs; the CLI writes the dense vectors.
+    const matrix = out instanceof Float32Matrix ? out : (out.denseVecs as Float32Matrix);
     let text = "";
     for (let r = 0; r < matrix.rows; r++) {
       text += `{"index":${done + r},"embedding":[${Array.from(matrix.row(r)).join(",")}]}\n`;

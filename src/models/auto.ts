@@ -1,5 +1,6 @@
 import { FlagserveError } from "../runtime/errors.js";
 import { FlagModel, type FlagModelOptions } from "./encoder-only.js";
+import { BGEM3FlagModel, type M3Options } from "./m3.js";
 import {
   AUTO_EMBEDDER_MAPPING,
   type EmbedderConfig,
@@ -9,7 +10,7 @@ import {
 } from "./mapping.js";
 import type { Pooling } from "./pooling.js";
 
-export interface AutoModelOptions extends FlagModelOptions {
+export interface AutoModelOptions extends FlagModelOptions, M3Options {
   /** Pick the class yourself, for models the mapping does not know. */
   modelClass?: EmbedderModelClass | `${EmbedderModelClass}`;
   /** Accepted for FlagEmbedding compatibility; ONNX graphs run no repository code, so it changes nothing. */
@@ -17,7 +18,7 @@ export interface AutoModelOptions extends FlagModelOptions {
 }
 
 /** The embedder classes this build can instantiate. */
-export type Embedder = FlagModel;
+export type Embedder = FlagModel | BGEM3FlagModel;
 
 const DEFAULT_POOLING: Record<EmbedderModelClass, Pooling> = {
   "encoder-only-base": "cls",
@@ -81,7 +82,7 @@ export class FlagAutoModel {
   static async fromFinetuned(nameOrPath: string, options: AutoModelOptions = {}): Promise<Embedder> {
     const config = FlagAutoModel.resolveConfig(nameOrPath, options);
     const { modelClass: _mc, trustRemoteCode: _trc, ...rest } = options;
-    const loadOptions: FlagModelOptions = {
+    const loadOptions: FlagModelOptions & M3Options = {
       ...rest,
       poolingMethod: config.poolingMethod,
       queryInstructionFormat: config.queryInstructionFormat,
@@ -90,6 +91,8 @@ export class FlagAutoModel {
     switch (config.modelClass) {
       case "encoder-only-base":
         return FlagModel.load(nameOrPath, loadOptions, hubRepo);
+      case "encoder-only-m3":
+        return BGEM3FlagModel.load(nameOrPath, loadOptions, hubRepo);
       default:
         throw new FlagserveError(
           "not_supported",

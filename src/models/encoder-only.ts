@@ -98,7 +98,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
    * One forward pass over already tokenized inputs on one device: pooled vectors, not truncated
    * or normalised (the server applies per-request dimensions and normalisation itself).
    */
-  async pooledBatch(encodings: Encoding[], device = 0): Promise<Float32Matrix> {
+  async denseBatch(encodings: Encoding[], device = 0): Promise<Float32Matrix> {
     const session = this.model.sessions[device];
     if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
     return this.forward(session, encodings);

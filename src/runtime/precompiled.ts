@@ -37,7 +37,12 @@ export class PrecompiledCharsmap {
       while (j < text.length && text.charCodeAt(j) < 0x80) j++;
       let asciiEnd = j < text.length ? Math.max(i, j - 1) : j;
       // keep a CR LF pair together on the grapheme side
-      if (asciiEnd > i && asciiEnd < text.length && text.charCodeAt(asciiEnd) === 10 && text.charCodeAt(asciiEnd - 1) === 13) {
+      if (
+        asciiEnd > i &&
+        asciiEnd < text.length &&
+        text.charCodeAt(asciiEnd) === 10 &&
+        text.charCodeAt(asciiEnd - 1) === 13
+      ) {
         asciiEnd--;
       }
       for (let k = i; k < asciiEnd; k++) {

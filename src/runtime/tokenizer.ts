@@ -34,12 +34,13 @@ const SLOT_B = "\u0000flagserve:B\u0000";
 
 // Exported at run time, but the package's typings lose these classes under NodeNext resolution.
 type Ctor = abstract new (...args: never[]) => unknown;
-const { PrecompiledNormalizer, SequenceNormalizer, BertNormalizer, LowercaseNormalizer } = tokenizersJs as unknown as {
-  PrecompiledNormalizer: Ctor;
-  SequenceNormalizer: Ctor;
-  BertNormalizer: Ctor;
-  LowercaseNormalizer: Ctor;
-};
+const { PrecompiledNormalizer, SequenceNormalizer, BertNormalizer, LowercaseNormalizer } =
+  tokenizersJs as unknown as {
+    PrecompiledNormalizer: Ctor;
+    SequenceNormalizer: Ctor;
+    BertNormalizer: Ctor;
+    LowercaseNormalizer: Ctor;
+  };
 
 /** Lowercase character by character, as Rust does: JavaScript's context rule turns a word-final Σ into ς. */
 function lowercasePerChar(text: string): string {
@@ -68,7 +69,12 @@ function spaceCjk(text: string): string {
 }
 
 interface BertNormalizerInternals {
-  config: { clean_text?: boolean; handle_chinese_chars?: boolean; lowercase?: boolean; strip_accents?: boolean | null };
+  config: {
+    clean_text?: boolean;
+    handle_chinese_chars?: boolean;
+    lowercase?: boolean;
+    strip_accents?: boolean | null;
+  };
   clean_text(t: string): string;
   strip_accents(t: string): string;
   normalize: (t: string) => string;
@@ -104,7 +110,8 @@ function matchRustNormalizers(normalizer: unknown): void {
   } else if (normalizer instanceof LowercaseNormalizer) {
     (normalizer as unknown as { normalize: (t: string) => string }).normalize = lowercasePerChar;
   } else if (normalizer instanceof SequenceNormalizer) {
-    for (const inner of (normalizer as unknown as { normalizers: unknown[] }).normalizers) matchRustNormalizers(inner);
+    for (const inner of (normalizer as unknown as { normalizers: unknown[] }).normalizers)
+      matchRustNormalizers(inner);
   }
 }
 

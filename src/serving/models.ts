@@ -94,7 +94,7 @@ export class ServedEmbedder {
     this.passageFormat = o.passageInstructionFormat;
     this.scheduler = new BatchScheduler<Float32Array>(
       async (encodings, slot) => {
-        const pooled = await model.pooledBatch(encodings, slot);
+        const pooled = await model.denseBatch(encodings, slot);
         return Array.from({ length: pooled.rows }, (_, r) => pooled.row(r));
       },
       { concurrency: model.deviceCount, ...scheduler },
