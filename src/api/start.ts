@@ -1,5 +1,6 @@
 import type { AddressInfo } from "node:net";
-import { ModelRegistry, type ModelSpec, ServedEmbedder } from "../serving/models.js";
+import { type Executor, LocalExecutor } from "../serving/executor.js";
+import { ModelRegistry, type ModelSpec, serveModels } from "../serving/models.js";
 import { DEFAULT_CONFIG, DEFAULT_LIMITS, type ServerConfig } from "./config.js";
 import { Metrics } from "./metrics.js";
 import { type App, type AppContext, buildServer, type ServerState } from "./server.js";
@@ -8,6 +9,7 @@ export interface RunningServer {
   app: App;
   url: string;
   ctx: AppContext;
+  executor: Executor;
   /** Resolves when every model is loaded and warmed (rejects if one fails). */
   loaded: Promise<void>;
   /** Stop accepting, finish in-flight requests, release the models. */
@@ -36,6 +38,7 @@ export async function startServer(
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
   const ctx: AppContext = { config, registry, metrics, state };
+  const executor: Executor = new LocalExecutor();
   const app = await buildServer(ctx);
   await app.listen({ host: config.host, port: config.port });
   const addr = app.server.address() as AddressInfo;
@@ -44,16 +47,13 @@ export async function startServer(
 
   const loaded = (async () => {
     try {
-      for (const spec of specs) {
-        let id = "";
-        const model = await ServedEmbedder.load(
-          spec,
-          config.scheduler,
-          metrics.batchObserver(() => id),
-        );
-        id = model.id;
+      const infos = await executor.load(specs);
+      const served = await serveModels(infos, specs, executor, config.scheduler, (id) =>
+        metrics.batchObserver(() => id),
+      );
+      for (const model of served) {
         registry.add(model);
-        app.log.info({ model: model.id, source: model.source, dimension: model.dimension }, "model ready");
+        app.log.info({ model: model.id, kind: model.kind, source: model.source }, "model ready");
       }
       state.ready = true;
     } catch (err) {
@@ -71,8 +71,9 @@ export async function startServer(
       await app.close();
       await loaded.catch(() => {});
       await registry.close();
+      await executor.close();
     })();
     return closing;
   };
-  return { app, url, ctx, loaded, close };
+  return { app, url, ctx, executor, loaded, close };
 }

@@ -1,46 +1,21 @@
-import { basename } from "node:path";
-import type { AutoModelOptions } from "../models/auto.js";
+import { sigmoid } from "../models/abs-reranker.js";
 import { formatInstruction } from "../models/instruction.js";
-import { defaultInstructions, mappingKey } from "../models/mapping.js";
-import { openEmbedder } from "../models/open.js";
+import type { M3Raw } from "../models/m3.js";
+import { mappingKey } from "../models/mapping.js";
+import { encodePair } from "../models/reranker.js";
+import { readJsonIfExists } from "../runtime/files.js";
 import { Float32Matrix } from "../runtime/matrix.js";
-import type { Encoding, Side, TextTokenizer } from "../runtime/tokenizer.js";
+import { type Encoding, type Side, TextTokenizer } from "../runtime/tokenizer.js";
+import type { EmbedItem, Executor, InputType, ModelInfo, ModelSpec, Want } from "./executor.js";
 import { BatchScheduler, type BatchStats, type SchedulerOptions } from "./scheduler.js";
 
-export type InputType = "query" | "passage";
-
-/** One `--model` entry: where the model comes from, its public name, and per-model defaults. */
-export interface ModelSpec {
-  source: string;
-  /** Public name clients use; defaults to the hub id, or the directory's name for local paths. */
-  alias?: string;
-  options: AutoModelOptions;
-  /** Applied when a request gives no input_type. Default "passage" (no query instruction). */
-  defaultInputType?: InputType;
-}
+export type { InputType, ModelSpec };
 
 /** Parse `ID_OR_DIR[=ALIAS]`. */
 export function parseModelArg(arg: string): { source: string; alias?: string } {
   const eq = arg.lastIndexOf("=");
   if (eq > 0 && eq < arg.length - 1) return { source: arg.slice(0, eq), alias: arg.slice(eq + 1) };
   return { source: arg };
-}
-
-export function defaultAlias(source: string): string {
-  const isPath = source.startsWith("/") || source.startsWith(".") || source.startsWith("~");
-  return isPath ? basename(source.replace(/\/+$/, "")) : source;
-}
-
-export interface EmbedCall {
-  texts: string[];
-  /** Which instruction to apply; ignored when `prompt` is given. */
-  inputType: InputType;
-  /** A literal prefix (a sentence-transformers prompt) instead of the input type's instruction. */
-  prompt?: string;
-  /** Cut over-long inputs (true) or refuse them (false). */
-  truncate: boolean;
-  /** Which end to cut. Default: the tokenizer's truncation side. */
-  side?: Side;
 }
 
 /** Raised when an input is longer than the model accepts and truncation was refused. */
@@ -58,86 +33,86 @@ export class InputTooLongError extends Error {
   }
 }
 
-/**
- * An embedding model as the server sees it: tokenizer and limits for the HTTP process, and a
- * batching scheduler in front of the model's devices.
- */
-export class ServedEmbedder {
-  readonly kind = "embedding" as const;
-  readonly id: string;
-  readonly source: string;
+export interface EmbedCall {
+  texts: string[];
+  /** Which instruction to apply; ignored when `prompt` is given. */
+  inputType: InputType;
+  /** A literal prefix (a sentence-transformers prompt) instead of the input type's instruction. */
+  prompt?: string;
+  /** Cut over-long inputs (true) or refuse them (false). */
+  truncate: boolean;
+  /** Which end to cut. Default: the tokenizer's truncation side. */
+  side?: Side;
+}
+
+/** What the HTTP side needs from a served model of either kind. */
+abstract class ServedBase {
   readonly created = Math.floor(Date.now() / 1000);
-  readonly defaultInputType: InputType;
-  readonly queryInstruction: string | null;
-  readonly passageInstruction: string | null;
-  readonly queryFormat: string;
-  readonly passageFormat: string;
-  /** Named prompts of the model's config_sentence_transformers.json. */
-  readonly prompts: Record<string, string>;
-  private readonly scheduler: BatchScheduler<Float32Array>;
+  readonly info: ModelInfo;
+  readonly tokenizer: TextTokenizer;
 
-  private constructor(
-    spec: ModelSpec,
-    readonly model: Awaited<ReturnType<typeof openEmbedder>>,
-    prompts: Record<string, string>,
-    scheduler: Partial<SchedulerOptions>,
-    onBatch?: (s: BatchStats) => void,
-  ) {
-    this.prompts = prompts;
-    this.id = spec.alias ?? defaultAlias(spec.source);
-    this.source = spec.source;
-    this.defaultInputType = spec.defaultInputType ?? "passage";
-    const o = model.options;
-    this.queryInstruction = o.queryInstructionForRetrieval;
-    this.passageInstruction = o.passageInstructionForRetrieval;
-    this.queryFormat = o.queryInstructionFormat;
-    this.passageFormat = o.passageInstructionFormat;
-    this.scheduler = new BatchScheduler<Float32Array>(
-      async (encodings, slot) => {
-        const pooled = await model.denseBatch(encodings, slot);
-        return Array.from({ length: pooled.rows }, (_, r) => pooled.row(r));
-      },
-      { concurrency: model.deviceCount, ...scheduler },
-      onBatch,
-    );
+  protected constructor(info: ModelInfo, tokenizer: TextTokenizer) {
+    this.info = info;
+    this.tokenizer = tokenizer;
   }
 
-  static async load(
-    spec: ModelSpec,
-    scheduler: Partial<SchedulerOptions> = {},
-    onBatch?: (s: BatchStats) => void,
-  ): Promise<ServedEmbedder> {
-    const defaults = defaultInstructions(spec.source);
-    const options: AutoModelOptions = {
-      queryInstructionForRetrieval: defaults.query ?? null,
-      passageInstructionForRetrieval: defaults.passage ?? null,
-      ...spec.options,
-    };
-    const model = await openEmbedder(spec.source, options);
-    const st = await model.loaded.dir.readJson("config_sentence_transformers.json");
-    const prompts = Object.fromEntries(
-      Object.entries((st?.prompts as Record<string, unknown> | undefined) ?? {}).filter(
-        (e): e is [string, string] => typeof e[1] === "string",
-      ),
-    );
-    return new ServedEmbedder(spec, model, prompts, scheduler, onBatch);
+  get id(): string {
+    return this.info.id;
   }
 
-  get tokenizer(): TextTokenizer {
-    return this.model.tokenizer;
-  }
-
-  get dimension(): number {
-    return this.model.dimension;
+  get source(): string {
+    return this.info.source;
   }
 
   /** Longest input in tokens, special tokens included. */
   get maxInputTokens(): number {
-    return this.model.effectiveMaxLength(this.model.options.passageMaxLength);
+    return this.info.maxLength;
+  }
+
+  abstract get queued(): number;
+  abstract close(): Promise<void>;
+}
+
+const DENSE_ONLY: Want = { dense: true, sparse: false, colbert: false };
+
+/**
+ * An embedding model as the server sees it: tokenizer, instructions and limits in the HTTP
+ * process, and a batching scheduler in front of the executor that holds the weights.
+ */
+export class ServedEmbedder extends ServedBase {
+  readonly kind = "embedding" as const;
+  readonly defaultInputType: InputType;
+  /** Named prompts of the model's config_sentence_transformers.json. */
+  readonly prompts: Record<string, string>;
+  private readonly scheduler: BatchScheduler<EmbedItem, M3Raw>;
+
+  constructor(
+    info: ModelInfo,
+    tokenizer: TextTokenizer,
+    executor: Executor,
+    opts: {
+      defaultInputType?: InputType;
+      prompts?: Record<string, string>;
+      scheduler?: Partial<SchedulerOptions>;
+      onBatch?: (s: BatchStats) => void;
+    },
+  ) {
+    super(info, tokenizer);
+    this.defaultInputType = opts.defaultInputType ?? "passage";
+    this.prompts = opts.prompts ?? {};
+    this.scheduler = new BatchScheduler<EmbedItem, M3Raw>(
+      (items, slot) => executor.embed(info.id, items, slot),
+      { concurrency: executor.slots, ...opts.scheduler },
+      opts.onBatch,
+    );
+  }
+
+  get dimension(): number {
+    return this.info.dimension;
   }
 
   get pooling(): string {
-    return this.model.poolingMethod;
+    return this.info.pooling;
   }
 
   get queued(): number {
@@ -146,13 +121,18 @@ export class ServedEmbedder {
 
   /** A text with the instruction its input type calls for. */
   withInstruction(text: string, inputType: InputType): string {
-    const instruction = inputType === "query" ? this.queryInstruction : this.passageInstruction;
+    const i = this.info;
+    const instruction = inputType === "query" ? i.queryInstruction : i.passageInstruction;
     if (instruction === null) return text;
-    return formatInstruction(
-      inputType === "query" ? this.queryFormat : this.passageFormat,
-      instruction,
-      text,
-    );
+    return formatInstruction(inputType === "query" ? i.queryFormat : i.passageFormat, instruction, text);
+  }
+
+  /** The prefix a TEI `prompt_name` stands for: the model's sentence-transformers prompts, then query/passage. */
+  promptFor(name: string): string | undefined {
+    if (Object.hasOwn(this.prompts, name)) return this.prompts[name];
+    if (name === "query") return this.withInstruction("", "query");
+    if (name === "passage" || name === "document") return this.withInstruction("", "passage");
+    return undefined;
   }
 
   /** Tokenize texts (instructions applied), truncating or refusing over-long ones. */
@@ -168,37 +148,120 @@ export class ServedEmbedder {
     });
   }
 
-  /** The prefix a TEI `prompt_name` stands for: the model's sentence-transformers prompts, then query/passage. */
-  promptFor(name: string): string | undefined {
-    if (Object.hasOwn(this.prompts, name)) return this.prompts[name];
-    if (name === "query") return this.withInstruction("", "query");
-    if (name === "passage" || name === "document") return this.withInstruction("", "passage");
-    return undefined;
-  }
-
   /** Token ids given by the client (model vocabulary): special tokens added, truncated to the limit. */
   fromTokenIds(ids: number[][], truncate: boolean): Encoding[] {
     const limit = this.maxInputTokens;
-    const room = limit - this.tokenizer.numSpecialTokens(false);
+    const specials = this.tokenizer.numSpecialTokens(false);
     return ids.map((seq, i) => {
-      if (seq.length > room && !truncate) throw new InputTooLongError(i, seq.length + limit - room, limit);
-      return this.tokenizer.withSpecialTokens(this.tokenizer.truncate(seq, room), null);
+      if (seq.length + specials > limit && !truncate)
+        throw new InputTooLongError(i, seq.length + specials, limit);
+      return this.tokenizer.withSpecialTokens(this.tokenizer.truncate(seq, limit - specials), null);
     });
   }
 
-  /** Pooled vectors (not normalised) for tokenized inputs, through the batching scheduler. */
+  /** Pooled dense vectors (not normalised) for tokenized inputs, through the batching scheduler. */
   async embed(encodings: Encoding[], timeoutMs: number): Promise<Float32Matrix> {
-    const rows = await this.scheduler.submit(encodings, timeoutMs);
-    return Float32Matrix.fromRows(rows, this.dimension);
+    const raws = await this.run(encodings, DENSE_ONLY, timeoutMs);
+    return Float32Matrix.fromRows(
+      raws.map((r) => r.dense as Float32Array),
+      this.dimension,
+    );
+  }
+
+  /** All heads a request asks for (BGE-M3), raw, in input order. */
+  run(encodings: Encoding[], want: Want, timeoutMs: number): Promise<M3Raw[]> {
+    return this.scheduler.submit(
+      encodings.map((e) => ({ ...e, want })),
+      timeoutMs,
+    );
   }
 
   async close(): Promise<void> {
     await this.scheduler.close();
-    await this.model.close();
   }
 }
 
-export type ServedModel = ServedEmbedder;
+/** A cross-encoder as the server sees it: pair encoding in the HTTP process, scores through a scheduler. */
+export class ServedReranker extends ServedBase {
+  readonly kind = "rerank" as const;
+  private readonly scheduler: BatchScheduler<Encoding, number>;
+
+  constructor(
+    info: ModelInfo,
+    tokenizer: TextTokenizer,
+    executor: Executor,
+    opts: { scheduler?: Partial<SchedulerOptions>; onBatch?: (s: BatchStats) => void },
+  ) {
+    super(info, tokenizer);
+    this.scheduler = new BatchScheduler<Encoding, number>(
+      async (items, slot) => Array.from(await executor.score(info.id, items, slot)),
+      { concurrency: executor.slots, ...opts.scheduler },
+      opts.onBatch,
+    );
+  }
+
+  get queued(): number {
+    return this.scheduler.queued;
+  }
+
+  /** FlagEmbedding's pair encoding with the model's instructions and limits. */
+  encodePair(query: string, passage: string, maxLength = this.maxInputTokens): Encoding {
+    const i = this.info;
+    const q =
+      i.queryInstruction === null ? query : formatInstruction(i.queryFormat, i.queryInstruction, query);
+    const p =
+      i.passageInstruction === null
+        ? passage
+        : formatInstruction(i.passageFormat, i.passageInstruction, passage);
+    return encodePair(this.tokenizer, q, p, Math.floor((maxLength * 3) / 4), maxLength, this.maxInputTokens);
+  }
+
+  /** Scores of encoded pairs: raw logits, or sigmoid-normalised. */
+  async score(pairs: Encoding[], normalize: boolean, timeoutMs: number): Promise<number[]> {
+    const logits = await this.scheduler.submit(pairs, timeoutMs);
+    return normalize ? logits.map(sigmoid) : logits;
+  }
+
+  async close(): Promise<void> {
+    await this.scheduler.close();
+  }
+}
+
+export type ServedModel = ServedEmbedder | ServedReranker;
+
+/** Build the HTTP-side view of loaded models: tokenizers, prompts, schedulers. */
+export async function serveModels(
+  infos: ModelInfo[],
+  specs: ModelSpec[],
+  executor: Executor,
+  scheduler: Partial<SchedulerOptions>,
+  onBatch: (model: string) => (s: BatchStats) => void,
+): Promise<ServedModel[]> {
+  const out: ServedModel[] = [];
+  for (const [i, info] of infos.entries()) {
+    const tokenizer = await TextTokenizer.fromDir(info.dir);
+    if (info.kind === "rerank") {
+      out.push(new ServedReranker(info, tokenizer, executor, { scheduler, onBatch: onBatch(info.id) }));
+      continue;
+    }
+    const st = await readJsonIfExists(`${info.dir}/config_sentence_transformers.json`);
+    const prompts = Object.fromEntries(
+      Object.entries((st?.prompts as Record<string, unknown> | undefined) ?? {}).filter(
+        (e): e is [string, string] => typeof e[1] === "string",
+      ),
+    );
+    const defaultInputType = specs[i]?.defaultInputType;
+    out.push(
+      new ServedEmbedder(info, tokenizer, executor, {
+        prompts,
+        scheduler,
+        onBatch: onBatch(info.id),
+        ...(defaultInputType ? { defaultInputType } : {}),
+      }),
+    );
+  }
+  return out;
+}
 
 /** Served models by public name, with the lookup rules of the OpenAI-compatible routes. */
 export class ModelRegistry {
@@ -215,19 +278,25 @@ export class ModelRegistry {
     return this.models.filter((m): m is ServedEmbedder => m.kind === "embedding");
   }
 
+  rerankers(): ServedReranker[] {
+    return this.models.filter((m): m is ServedReranker => m.kind === "rerank");
+  }
+
+  find(name: string | undefined): ServedModel | undefined {
+    if (name === undefined) return undefined;
+    return this.models.find((m) => m.id === name || m.source === name || mappingKey(m.source) === name);
+  }
+
   /**
    * The embedding model a request names. With exactly one embedding model served, other names
    * (e.g. "text-embedding-3-small") are served by it unless strict; undefined means 404.
    */
   embedder(name: string | undefined, strict: boolean): ServedEmbedder | undefined {
+    const found = this.find(name);
+    if (found) return found.kind === "embedding" ? found : undefined;
     const all = this.embedders();
-    const exact = all.find(
-      (m) => m.id === name || m.source === name || (name && mappingKey(m.source) === name),
-    );
-    if (exact) return exact;
-    if (!strict && all.length === 1) return all[0];
-    if (name === undefined && all.length > 0) return all[0];
-    return undefined;
+    if (name === undefined) return all[0];
+    return !strict && all.length === 1 ? all[0] : undefined;
   }
 
   async close(): Promise<void> {

@@ -1,5 +1,3 @@
-import type { Encoding } from "../runtime/tokenizer.js";
-
 export interface SchedulerOptions {
   /** Padded tokens one batch may hold (rows x longest row). */
   maxBatchTokens: number;
@@ -24,8 +22,13 @@ export const DEFAULT_SCHEDULER: SchedulerOptions = {
   starvationMs: 500,
 };
 
-/** Runs one batch on the given slot (device) and returns one result per encoding, in order. */
-export type BatchRunner<R> = (encodings: Encoding[], slot: number) => Promise<R[]>;
+/** What the scheduler batches: anything with token ids (its length decides padding). */
+export interface Tokenized {
+  ids: ArrayLike<number>;
+}
+
+/** Runs one batch on the given slot (device) and returns one result per item, in order. */
+export type BatchRunner<T extends Tokenized, R> = (items: T[], slot: number) => Promise<R[]>;
 
 export interface BatchStats {
   rows: number;
@@ -60,8 +63,8 @@ export class ClosedError extends Error {
   }
 }
 
-interface Pending<R> {
-  encodings: Encoding[];
+interface Pending<T, R> {
+  encodings: T[];
   /** Indices into encodings, longest first, so consecutive batches of a big request pad little. */
   order: number[];
   next: number;
@@ -82,10 +85,10 @@ interface Pending<R> {
  * query never waits behind the whole of a bulk request, only behind the batches already running;
  * a request that has waited past `starvationMs` goes first regardless, so bulk work cannot starve.
  */
-export class BatchScheduler<R> {
-  private readonly queue: Pending<R>[] = [];
+export class BatchScheduler<T extends Tokenized, R> {
+  private readonly queue: Pending<T, R>[] = [];
   private readonly options: SchedulerOptions;
-  private readonly runner: BatchRunner<R>;
+  private readonly runner: BatchRunner<T, R>;
   private readonly onBatch: ((s: BatchStats) => void) | undefined;
   private freeSlots: number[];
   private queuedInputs = 0;
@@ -97,7 +100,7 @@ export class BatchScheduler<R> {
   private batchSeconds = 0.05;
 
   constructor(
-    runner: BatchRunner<R>,
+    runner: BatchRunner<T, R>,
     options: Partial<SchedulerOptions> = {},
     onBatch?: (s: BatchStats) => void,
   ) {
@@ -116,7 +119,7 @@ export class BatchScheduler<R> {
   }
 
   /** Compute every encoding; results come back in input order. */
-  submit(encodings: Encoding[], timeoutMs: number): Promise<R[]> {
+  submit(encodings: T[], timeoutMs: number): Promise<R[]> {
     if (this.closed) return Promise.reject(new ClosedError());
     if (encodings.length === 0) return Promise.resolve([]);
     if (this.queuedInputs > 0 && this.queuedInputs + encodings.length > this.options.maxQueuedInputs) {
@@ -131,10 +134,8 @@ export class BatchScheduler<R> {
     return new Promise<R[]>((resolve, reject) => {
       const order = encodings
         .map((_, i) => i)
-        .sort(
-          (a, b) => (encodings[b] as Encoding).ids.length - (encodings[a] as Encoding).ids.length || a - b,
-        );
-      const p: Pending<R> = {
+        .sort((a, b) => (encodings[b] as T).ids.length - (encodings[a] as T).ids.length || a - b);
+      const p: Pending<T, R> = {
         encodings,
         order,
         next: 0,
@@ -163,7 +164,7 @@ export class BatchScheduler<R> {
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
 
-  private fail(p: Pending<R>, err: Error): void {
+  private fail(p: Pending<T, R>, err: Error): void {
     if (p.settled) return;
     p.settled = true;
     if (p.timer) clearTimeout(p.timer);
@@ -175,7 +176,7 @@ export class BatchScheduler<R> {
     this.checkIdle();
   }
 
-  private removeIfDrained(p: Pending<R>): void {
+  private removeIfDrained(p: Pending<T, R>): void {
     if (p.next >= p.encodings.length) {
       const i = this.queue.indexOf(p);
       if (i >= 0) this.queue.splice(i, 1);
@@ -206,9 +207,9 @@ export class BatchScheduler<R> {
     }
   }
 
-  private pickOrder(): Pending<R>[] {
+  private pickOrder(): Pending<T, R>[] {
     const now = Date.now();
-    const starving = (p: Pending<R>) => now - p.enqueuedAt >= this.options.starvationMs;
+    const starving = (p: Pending<T, R>) => now - p.enqueuedAt >= this.options.starvationMs;
     return [...this.queue].sort((a, b) => {
       const sa = starving(a);
       const sb = starving(b);
@@ -220,12 +221,12 @@ export class BatchScheduler<R> {
 
   private runBatch(slot: number): void {
     const { maxBatchSize, maxBatchTokens } = this.options;
-    const taken: { p: Pending<R>; index: number }[] = [];
+    const taken: { p: Pending<T, R>; index: number }[] = [];
     let longest = 0;
     outer: for (const p of this.pickOrder()) {
       while (p.next < p.encodings.length) {
         const index = p.order[p.next] as number;
-        const len = (p.encodings[index] as Encoding).ids.length;
+        const len = (p.encodings[index] as T).ids.length;
         const newLongest = Math.max(longest, len);
         if (
           taken.length > 0 &&
@@ -241,7 +242,7 @@ export class BatchScheduler<R> {
     for (const { p } of taken) this.removeIfDrained(p);
     this.queuedInputs -= taken.length;
     this.inFlight++;
-    const encodings = taken.map(({ p, index }) => p.encodings[index] as Encoding);
+    const encodings = taken.map(({ p, index }) => p.encodings[index] as T);
     const started = performance.now();
     this.onBatch?.({
       rows: encodings.length,

@@ -5,6 +5,7 @@ import {
   InputTooLongError,
   type InputType,
   type ServedEmbedder,
+  type ServedModel,
 } from "../../serving/models.js";
 import {
   checkDimensions,
@@ -76,14 +77,14 @@ export function encodeInputs(
   return encodings;
 }
 
-export function modelObject(m: ServedEmbedder) {
+export function modelObject(m: ServedModel) {
   return {
     id: m.id,
     object: "model" as const,
     created: m.created,
     owned_by: "flagserve",
     kind: m.kind,
-    dimensions: m.dimension,
+    ...(m.kind === "embedding" ? { dimensions: m.dimension } : {}),
     max_input_tokens: m.maxInputTokens,
     source: m.source,
   };
@@ -119,8 +120,8 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
         const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
         const vectors = finalizeEmbeddings(pooled, {
           dimensions: body.dimensions ?? null,
-          normalize: model.model.options.normalizeEmbeddings,
-          truncateDim: model.model.options.truncateDim,
+          normalize: model.info.normalize,
+          truncateDim: model.info.truncateDim,
         });
         const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
         metrics.inputs.inc({ model: model.id }, encodings.length);
@@ -150,7 +151,7 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
         },
         config: { dialect: "openai" },
       },
-      async () => ({ object: "list" as const, data: ctx.registry.embedders().map(modelObject) }),
+      async () => ({ object: "list" as const, data: ctx.registry.models.map(modelObject) }),
     );
   }
 

@@ -54,7 +54,7 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       const vectors = finalizeEmbeddings(pooled, {
         dimensions: body.dimensions ?? null,
         normalize: body.normalize ?? true,
-        truncateDim: model.model.options.truncateDim,
+        truncateDim: model.info.truncateDim,
       });
       ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
       ctx.metrics.tokens.inc(
@@ -152,16 +152,13 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     },
     async () => {
       const model = requireEmbedder(ctx, undefined);
-      const sha = /snapshots\/([0-9a-f]{40})/.exec(model.model.loaded.dir.path)?.[1] ?? null;
+      const sha = /snapshots\/([0-9a-f]{40})/.exec(model.info.dir)?.[1] ?? null;
       return {
         model_id: model.source,
         model_sha: sha,
         model_dtype:
-          model.model.loaded.onnx.dtype === "fp16"
-            ? "float16"
-            : model.model.loaded.onnx.dtype === "fp32"
-              ? "float32"
-              : model.model.loaded.onnx.dtype,
+          ({ fp16: "float16", fp32: "float32" } as Record<string, string>)[model.info.dtype] ??
+          model.info.dtype,
         model_type: { embedding: { pooling: model.pooling } },
         max_concurrent_requests: ctx.config.scheduler.maxQueuedInputs ?? 16384,
         max_input_length: model.maxInputTokens,

@@ -1,0 +1,196 @@
+import { BGEM3FlagModel, type M3Raw } from "../models/m3.js";
+import { defaultInstructions } from "../models/mapping.js";
+import { type OpenedModel, type OpenOptions, openModel } from "../models/open.js";
+import { FlagserveError } from "../runtime/errors.js";
+import type { Float32Matrix } from "../runtime/matrix.js";
+import type { Encoding } from "../runtime/tokenizer.js";
+
+export type ModelKind = "embedding" | "rerank";
+export type InputType = "query" | "passage";
+
+/** One `--model` entry: where the model comes from, its public name, and per-model defaults. */
+export interface ModelSpec {
+  source: string;
+  /** Public name clients use; defaults to the hub id, or the directory's name for local paths. */
+  alias?: string;
+  options: OpenOptions;
+  /** Applied when a request gives no input_type. Default "passage" (no query instruction). */
+  defaultInputType?: InputType;
+}
+
+/** What the HTTP process needs to know of a loaded model (it never holds the weights itself). */
+export interface ModelInfo {
+  id: string;
+  source: string;
+  kind: ModelKind;
+  /** Local directory with the tokenizer files (a hub snapshot for hub ids). */
+  dir: string;
+  onnxFile: string;
+  dtype: string;
+  /** Longest input in tokens the model accepts (configured max, capped by the model's own). */
+  maxLength: number;
+  /** Dense width (embedding models). */
+  dimension: number;
+  /** BGE-M3: sparse and ColBERT heads available. */
+  m3: boolean;
+  colbertDimension: number;
+  pooling: string;
+  normalize: boolean;
+  truncateDim: number | null;
+  queryInstruction: string | null;
+  passageInstruction: string | null;
+  queryFormat: string;
+  passageFormat: string;
+}
+
+/** Which M3 heads an input needs; plain embedders only ever compute dense. */
+export interface Want {
+  dense: boolean;
+  sparse: boolean;
+  colbert: boolean;
+}
+
+export type EmbedItem = Encoding & { want: Want };
+
+/** Where batches run: in this process (a worker's core) or in a pool of device workers. */
+export interface Executor {
+  /** Batches that may run at once (one per device, or per worker). */
+  readonly slots: number;
+  /** Load every model everywhere; the first batch of each runs during load (warm-up). */
+  load(specs: ModelSpec[]): Promise<ModelInfo[]>;
+  /** Embedding heads for a batch of inputs (raw: not truncated, not normalised). */
+  embed(model: string, items: EmbedItem[], slot: number): Promise<M3Raw[]>;
+  /** Raw logits for a batch of encoded (query, passage) pairs. */
+  score(model: string, items: Encoding[], slot: number): Promise<Float32Array>;
+  close(): Promise<void>;
+}
+
+export function defaultAlias(source: string): string {
+  const isPath = source.startsWith("/") || source.startsWith(".") || source.startsWith("~");
+  if (!isPath) return source;
+  const parts = source.replace(/\/+$/, "").split("/");
+  return parts[parts.length - 1] as string;
+}
+
+/** Apply the model card's instructions unless the spec sets its own. */
+export function withDefaultInstructions(spec: ModelSpec): OpenOptions {
+  const d = defaultInstructions(spec.source);
+  return {
+    queryInstructionForRetrieval: d.query ?? null,
+    passageInstructionForRetrieval: d.passage ?? null,
+    ...spec.options,
+  };
+}
+
+export function describeModel(spec: ModelSpec, opened: OpenedModel): ModelInfo {
+  const id = spec.alias ?? defaultAlias(spec.source);
+  const loaded = opened.model.loaded;
+  const base = {
+    id,
+    source: spec.source,
+    dir: loaded.dir.path,
+    onnxFile: loaded.onnx.file,
+    dtype: loaded.onnx.dtype,
+  };
+  if (opened.kind === "rerank") {
+    const r = opened.model;
+    return {
+      ...base,
+      kind: "rerank",
+      maxLength: r.resolveScoreOptions().maxLength,
+      dimension: 0,
+      m3: false,
+      colbertDimension: 0,
+      pooling: "none",
+      normalize: false,
+      truncateDim: null,
+      queryInstruction: r.options.queryInstructionForRerank,
+      passageInstruction: r.options.passageInstructionForRerank,
+      queryFormat: r.options.queryInstructionFormat,
+      passageFormat: r.options.passageInstructionFormat,
+    };
+  }
+  const m = opened.model;
+  const o = m.options;
+  return {
+    ...base,
+    kind: "embedding",
+    maxLength: m.effectiveMaxLength(Math.max(o.passageMaxLength, o.queryMaxLength)),
+    dimension: m.dimension,
+    m3: m instanceof BGEM3FlagModel,
+    colbertDimension: m instanceof BGEM3FlagModel ? m.colbertDimension : 0,
+    pooling: m.poolingMethod,
+    normalize: o.normalizeEmbeddings,
+    truncateDim: o.truncateDim,
+    queryInstruction: o.queryInstructionForRetrieval,
+    passageInstruction: o.passageInstructionForRetrieval,
+    queryFormat: o.queryInstructionFormat,
+    passageFormat: o.passageInstructionFormat,
+  };
+}
+
+/**
+ * Models loaded in this process, with one ONNX session per configured device; slot N runs on
+ * device N. A device worker process is exactly one of these behind an IPC channel.
+ */
+export class LocalExecutor implements Executor {
+  private readonly models = new Map<string, OpenedModel>();
+  private slotCount = 1;
+
+  get slots(): number {
+    return this.slotCount;
+  }
+
+  async load(specs: ModelSpec[]): Promise<ModelInfo[]> {
+    const infos: ModelInfo[] = [];
+    for (const spec of specs) {
+      const opened = await openModel(spec.source, withDefaultInstructions(spec));
+      const info = describeModel(spec, opened);
+      if (this.models.has(info.id)) {
+        await opened.model.close();
+        throw new FlagserveError(
+          "invalid_input",
+          `two models are served as "${info.id}"; give one an alias (--model ID=ALIAS)`,
+        );
+      }
+      this.models.set(info.id, opened);
+      this.slotCount = Math.max(this.slotCount, opened.model.deviceCount);
+      infos.push(info);
+    }
+    return infos;
+  }
+
+  private get(id: string): OpenedModel {
+    const m = this.models.get(id);
+    if (!m) throw new FlagserveError("invalid_input", `model ${id} is not loaded here`);
+    return m;
+  }
+
+  async embed(model: string, items: EmbedItem[], slot: number): Promise<M3Raw[]> {
+    const opened = this.get(model);
+    if (opened.kind !== "embedding")
+      throw new FlagserveError("invalid_input", `${model} is not an embedding model`);
+    const device = slot % opened.model.deviceCount;
+    if (opened.model instanceof BGEM3FlagModel) {
+      const want = {
+        dense: items.some((i) => i.want.dense),
+        sparse: items.some((i) => i.want.sparse),
+        colbert: items.some((i) => i.want.colbert),
+      };
+      return opened.model.runRaw(items, device, want);
+    }
+    const dense: Float32Matrix = await opened.model.denseBatch(items, device);
+    return Array.from({ length: dense.rows }, (_, r) => ({ dense: dense.row(r) }));
+  }
+
+  async score(model: string, items: Encoding[], slot: number): Promise<Float32Array> {
+    const opened = this.get(model);
+    if (opened.kind !== "rerank") throw new FlagserveError("invalid_input", `${model} is not a reranker`);
+    return opened.model.scoreEncodings(items, slot % opened.model.deviceCount);
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.models.values()].map((m) => m.model.close()));
+    this.models.clear();
+  }
+}
