@@ -63,6 +63,15 @@ export const EmbeddingsRequest = T.Object(
     truncate: T.Optional(
       T.Boolean({ description: "Extension: cut over-long inputs (default) or refuse them with a 400" }),
     ),
+    return: T.Optional(
+      T.Array(T.Union([T.Literal("dense"), T.Literal("sparse"), T.Literal("colbert")]), {
+        description:
+          "Extension (BGE-M3): also return sparse_embedding {indices, values} and/or colbert_embedding (one vector per token)",
+      }),
+    ),
+    return_tokens: T.Optional(
+      T.Boolean({ description: "Extension (BGE-M3): add the token text of each sparse index" }),
+    ),
   },
   { additionalProperties: true },
 );
@@ -75,6 +84,18 @@ export const EmbeddingsResponse = T.Object({
       object: T.Literal("embedding"),
       index: T.Integer(),
       embedding: T.Union([T.Array(T.Number()), T.String()], { description: "floats, or base64 float32 LE" }),
+      sparse_embedding: T.Optional(
+        T.Object({
+          indices: T.Array(T.Integer()),
+          values: T.Array(T.Number()),
+          tokens: T.Optional(T.Array(T.String())),
+        }),
+      ),
+      colbert_embedding: T.Optional(
+        T.Union([T.Array(T.Array(T.Number())), T.Array(T.String())], {
+          description: "One vector per token after the first: floats, or base64 float32 LE per vector",
+        }),
+      ),
     }),
   ),
   model: T.String(),

@@ -17,6 +17,7 @@ import { ApiError, type ErrorDialect, sendError } from "./errors.js";
 import type { Metrics } from "./metrics.js";
 import { openaiRoutes } from "./routes/openai.js";
 import { opsRoutes } from "./routes/ops.js";
+import { rerankRoutes } from "./routes/rerank.js";
 import { teiRoutes } from "./routes/tei.js";
 import { OpenAIError, TeiError } from "./schemas.js";
 
@@ -234,6 +235,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     await opsRoutes(scope as unknown as App, ctx);
     await openaiRoutes(scope as unknown as App, ctx);
     await teiRoutes(scope as unknown as App, ctx);
+    await rerankRoutes(scope as unknown as App, ctx);
   });
   return app;
 }

@@ -9,7 +9,7 @@ import {
   type ResolvedEncode,
 } from "./abs-embedder.js";
 import { type LoadedModel, loadModel } from "./loader.js";
-import { lengthSortedOrder, type Pooling, poolHidden } from "./pooling.js";
+import { lengthSortedOrder, type Pooling, poolHidden, realSpan } from "./pooling.js";
 
 export interface FlagModelOptions extends EmbedderOptions {
   /** "cls" (BGE) or "mean" (E5, GTE); ignored when the graph already outputs sentence_embedding. */
@@ -30,6 +30,8 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
   protected readonly model: LoadedModel;
   private readonly outputName: string;
   private readonly prePooled: boolean;
+  /** The per-token output, if the graph has one (for token embeddings). */
+  private readonly hiddenName: string | undefined;
   private nativeDimension = 0;
 
   protected constructor(nameOrPath: string, options: FlagModelOptions, model: LoadedModel) {
@@ -38,6 +40,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     this.poolingMethod = options.poolingMethod ?? FlagModel.DEFAULT_POOLING_METHOD;
     const outputs = model.sessions[0]?.outputNames ?? [];
     this.prePooled = outputs.includes("sentence_embedding");
+    this.hiddenName = HIDDEN_OUTPUTS.find((n) => outputs.includes(n));
     this.outputName = this.prePooled
       ? "sentence_embedding"
       : (HIDDEN_OUTPUTS.find((n) => outputs.includes(n)) ?? (outputs[0] as string));
@@ -102,6 +105,27 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     const session = this.model.sessions[device];
     if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
     return this.forward(session, encodings);
+  }
+
+  /**
+   * Every real token's output vector (special tokens included) of tokenized inputs: TEI's
+   * embed_all. Raw, like the pooled vectors.
+   */
+  async tokenStates(encodings: Encoding[], device = 0): Promise<Float32Matrix[]> {
+    const session = this.model.sessions[device];
+    if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
+    const name = this.hiddenName;
+    if (!name) throw new FlagserveError("not_supported", `${session.path} has no per-token output`);
+    const tok = this.model.tokenizer;
+    const batch = padBatch(encodings, tok.padTokenId, tok.paddingSide);
+    const out = await session.run(batchFeeds(session, batch), [name]);
+    const hidden = tensorToFloat32(out[name] as NonNullable<(typeof out)[string]>);
+    const dims = hidden.length / (batch.size * batch.seqLen);
+    return encodings.map((_, r) => {
+      const { first, last } = realSpan(batch, r);
+      const off = (r * batch.seqLen + first) * dims;
+      return new Float32Matrix(hidden.slice(off, off + (last - first + 1) * dims), last - first + 1, dims);
+    });
   }
 
   /** Run one padded batch through the graph and pool it (no truncation or normalisation). */

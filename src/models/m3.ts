@@ -256,15 +256,7 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
    * dropped; a token seen twice keeps its largest weight.
    */
   lexicalWeights(tokenWeights: Float32Array, ids: number[]): LexicalWeights {
-    const out: LexicalWeights = {};
-    for (let i = 0; i < ids.length; i++) {
-      const id = ids[i] as number;
-      const w = tokenWeights[i] as number;
-      if (this.unusedTokens.has(id) || !(w > 0)) continue;
-      const key = String(id);
-      if (!(key in out) || w > (out[key] as number)) out[key] = w;
-    }
-    return out;
+    return lexicalWeightsOf(tokenWeights, ids, this.unusedTokens);
   }
 
   protected concat(parts: M3Output[]): M3Output {
@@ -395,7 +387,25 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
   }
 }
 
-function specialIds(tok: TextTokenizer): Set<number> {
+/** Lexical weights of one input from its per-token weights (see BGEM3FlagModel.lexicalWeights). */
+export function lexicalWeightsOf(
+  tokenWeights: ArrayLike<number>,
+  ids: ArrayLike<number>,
+  unused: ReadonlySet<number>,
+): LexicalWeights {
+  const out: LexicalWeights = {};
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i] as number;
+    const w = tokenWeights[i] as number;
+    if (unused.has(id) || !(w > 0)) continue;
+    const key = String(id);
+    if (!(key in out) || w > (out[key] as number)) out[key] = w;
+  }
+  return out;
+}
+
+/** cls, eos, pad and unk ids: the tokens M3 never gives lexical weight to. */
+export function specialIds(tok: TextTokenizer): Set<number> {
   const out = new Set<number>();
   for (const key of ["cls_token", "eos_token", "pad_token", "unk_token"]) {
     const v = tok.config[key];
@@ -406,7 +416,7 @@ function specialIds(tok: TextTokenizer): Set<number> {
   return out;
 }
 
-function lexicalMatch(a: LexicalWeights, b: LexicalWeights): number {
+export function lexicalMatch(a: LexicalWeights, b: LexicalWeights): number {
   let s = 0;
   for (const [k, v] of Object.entries(a)) {
     const o = b[k];
@@ -419,7 +429,7 @@ function lexicalMatch(a: LexicalWeights, b: LexicalWeights): number {
  * Σ_i max_j q_i·p_j / rows(q). FlagEmbedding's compute_score pads the passages of a chunk to the
  * longest with zero vectors, so for a shorter passage every max also sees a 0: `padded` reproduces it.
  */
-function colbertScore(q: Float32Matrix, p: Float32Matrix, padded: boolean): number {
+export function colbertScore(q: Float32Matrix, p: Float32Matrix, padded: boolean): number {
   if (q.rows === 0) return 0;
   let total = 0;
   for (const qi of q) {

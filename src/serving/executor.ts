@@ -43,11 +43,15 @@ export interface ModelInfo {
   passageFormat: string;
 }
 
-/** Which M3 heads an input needs; plain embedders only ever compute dense. */
+/**
+ * Which outputs an input needs. sparse and colbert are BGE-M3 heads; tokens asks for every token's
+ * vector (ColBERT vectors for M3, hidden states otherwise), returned in M3Raw.colbert.
+ */
 export interface Want {
   dense: boolean;
   sparse: boolean;
   colbert: boolean;
+  tokens?: boolean;
 }
 
 export type EmbedItem = Encoding & { want: Want };
@@ -175,12 +179,21 @@ export class LocalExecutor implements Executor {
       const want = {
         dense: items.some((i) => i.want.dense),
         sparse: items.some((i) => i.want.sparse),
-        colbert: items.some((i) => i.want.colbert),
+        colbert: items.some((i) => i.want.colbert || i.want.tokens === true),
       };
       return opened.model.runRaw(items, device, want);
     }
-    const dense: Float32Matrix = await opened.model.denseBatch(items, device);
-    return Array.from({ length: dense.rows }, (_, r) => ({ dense: dense.row(r) }));
+    // A batch may mix requests for pooled vectors and for token vectors: compute what is needed.
+    const states = items.some((i) => i.want.tokens)
+      ? await opened.model.tokenStates(items, device)
+      : undefined;
+    const dense: Float32Matrix | undefined = items.some((i) => i.want.dense)
+      ? await opened.model.denseBatch(items, device)
+      : undefined;
+    return items.map((_, r) => ({
+      ...(dense ? { dense: dense.row(r) } : {}),
+      ...(states ? { colbert: states[r] as Float32Matrix } : {}),
+    }));
   }
 
   async score(model: string, items: Encoding[], slot: number): Promise<Float32Array> {

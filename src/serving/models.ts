@@ -1,6 +1,6 @@
 import { sigmoid } from "../models/abs-reranker.js";
 import { formatInstruction } from "../models/instruction.js";
-import type { M3Raw } from "../models/m3.js";
+import { lexicalWeightsOf, type M3Raw, specialIds } from "../models/m3.js";
 import { mappingKey } from "../models/mapping.js";
 import { encodePair } from "../models/reranker.js";
 import { readJsonIfExists } from "../runtime/files.js";
@@ -85,6 +85,7 @@ export class ServedEmbedder extends ServedBase {
   /** Named prompts of the model's config_sentence_transformers.json. */
   readonly prompts: Record<string, string>;
   private readonly scheduler: BatchScheduler<EmbedItem, M3Raw>;
+  private unused: Set<number> | undefined;
 
   constructor(
     info: ModelInfo,
@@ -168,6 +169,25 @@ export class ServedEmbedder extends ServedBase {
     );
   }
 
+  /** A BGE-M3 input's lexical weights as a sparse vector: token ids ascending, with their weights. */
+  sparseVector(raw: M3Raw, encoding: Encoding): { indices: number[]; values: number[] } {
+    this.unused ??= specialIds(this.tokenizer);
+    const weights = lexicalWeightsOf(raw.tokenWeights as Float32Array, encoding.ids, this.unused);
+    const indices = Object.keys(weights)
+      .map(Number)
+      .sort((a, b) => a - b);
+    return { indices, values: indices.map((i) => weights[String(i)] as number) };
+  }
+
+  /** A BGE-M3 input's ColBERT vectors with the model's truncateDim and normalisation. */
+  colbertVectors(raw: M3Raw): Float32Matrix {
+    const m = raw.colbert as Float32Matrix;
+    const cut = this.info.truncateDim
+      ? m.truncateColumns(this.info.truncateDim)
+      : Float32Matrix.fromRows([...m], m.dims);
+    return this.info.normalize ? cut.normalizeRows() : cut;
+  }
+
   /** All heads a request asks for (BGE-M3), raw, in input order. */
   run(encodings: Encoding[], want: Want, timeoutMs: number): Promise<M3Raw[]> {
     return this.scheduler.submit(
@@ -204,16 +224,24 @@ export class ServedReranker extends ServedBase {
     return this.scheduler.queued;
   }
 
-  /** FlagEmbedding's pair encoding with the model's instructions and limits. */
-  encodePair(query: string, passage: string, maxLength = this.maxInputTokens): Encoding {
+  withQueryInstruction(query: string): string {
     const i = this.info;
-    const q =
-      i.queryInstruction === null ? query : formatInstruction(i.queryFormat, i.queryInstruction, query);
-    const p =
-      i.passageInstruction === null
-        ? passage
-        : formatInstruction(i.passageFormat, i.passageInstruction, passage);
-    return encodePair(this.tokenizer, q, p, Math.floor((maxLength * 3) / 4), maxLength, this.maxInputTokens);
+    return i.queryInstruction === null ? query : formatInstruction(i.queryFormat, i.queryInstruction, query);
+  }
+
+  withPassageInstruction(passage: string): string {
+    const i = this.info;
+    return i.passageInstruction === null
+      ? passage
+      : formatInstruction(i.passageFormat, i.passageInstruction, passage);
+  }
+
+  /** FlagEmbedding's pair encoding with the model's instructions and limits. */
+  encodePair(query: string, passage: string): Encoding {
+    const max = this.maxInputTokens;
+    const q = this.withQueryInstruction(query);
+    const p = this.withPassageInstruction(passage);
+    return encodePair(this.tokenizer, q, p, Math.floor((max * 3) / 4), max, max);
   }
 
   /** Scores of encoded pairs: raw logits, or sigmoid-normalised. */

@@ -1,4 +1,6 @@
 import { Type as T } from "@sinclair/typebox";
+import type { M3Raw } from "../../models/m3.js";
+import { Float32Matrix } from "../../runtime/matrix.js";
 import type { Encoding } from "../../runtime/tokenizer.js";
 import {
   type EmbedCall,
@@ -117,7 +119,22 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
           idsAre: ctx.config.tokenIds,
           param: "input",
         });
-        const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
+        const extras = body.return ?? [];
+        const want = { dense: true, sparse: extras.includes("sparse"), colbert: extras.includes("colbert") };
+        if ((want.sparse || want.colbert) && !model.info.m3) {
+          const what = want.sparse ? "sparse" : "colbert";
+          throw badRequest(
+            `return: "${what}" needs a BGE-M3 model; ${model.id} produces dense vectors only`,
+            "return",
+          );
+        }
+        if (body.return_tokens && !want.sparse)
+          throw badRequest('return_tokens needs return: ["sparse"]', "return_tokens");
+        const raws = await model.run(encodings, want, ctx.config.limits.requestTimeoutMs);
+        const pooled = Float32Matrix.fromRows(
+          raws.map((r) => r.dense as Float32Array),
+          model.dimension,
+        );
         const vectors = finalizeEmbeddings(pooled, {
           dimensions: body.dimensions ?? null,
           normalize: model.info.normalize,
@@ -129,9 +146,20 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
         const base64 = body.encoding_format === "base64";
         // Built by hand: tens of thousands of floats serialise faster as one string.
         const parts: string[] = [];
+        const vector = (v: Float32Array) => (base64 ? `"${float32Base64(v)}"` : float32Json(v));
         for (let i = 0; i < vectors.rows; i++) {
-          const emb = base64 ? `"${float32Base64(vectors.row(i))}"` : float32Json(vectors.row(i));
-          parts.push(`{"object":"embedding","index":${i},"embedding":${emb}}`);
+          let item = `{"object":"embedding","index":${i},"embedding":${vector(vectors.row(i))}`;
+          const raw = raws[i] as M3Raw;
+          if (want.sparse) {
+            const sparse = model.sparseVector(raw, encodings[i] as Encoding);
+            const tokens = body.return_tokens
+              ? sparse.indices.map((id) => model.tokenizer.decode([id], false))
+              : undefined;
+            item += `,"sparse_embedding":${JSON.stringify(tokens ? { ...sparse, tokens } : sparse)}`;
+          }
+          if (want.colbert)
+            item += `,"colbert_embedding":[${[...model.colbertVectors(raw)].map(vector).join(",")}]`;
+          parts.push(`${item}}`);
         }
         const json = `{"object":"list","data":[${parts.join(",")}],"model":${JSON.stringify(model.id)},"usage":{"prompt_tokens":${tokens},"total_tokens":${tokens}}}`;
         return reply.type("application/json").send(json);

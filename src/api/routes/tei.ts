@@ -1,4 +1,7 @@
 import { Type as T } from "@sinclair/typebox";
+import type { Float32Matrix } from "../../runtime/matrix.js";
+import type { Encoding } from "../../runtime/tokenizer.js";
+import type { ServedEmbedder } from "../../serving/models.js";
 import { checkDimensions, finalizeEmbeddings, readInputs } from "../encode.js";
 import { badRequest } from "../errors.js";
 import { TeiDecodeRequest, TeiEmbedRequest, TeiToken, TeiTokenizeRequest, teiErrors } from "../schemas.js";
@@ -14,6 +17,38 @@ const tei = { dialect: "tei" as const };
 export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
   const pick = (body: unknown) => requireEmbedder(ctx, (body as { model?: string }).model);
 
+  /** TEI inputs -> tokenized inputs: prompt_name resolved, truncation and its direction applied. */
+  const teiEncodings = (model: ServedEmbedder, body: TeiEmbedRequest): Encoding[] => {
+    const raw = readInputs(body.inputs, "inputs", ctx.config.limits.maxInputs);
+    let prompt = "";
+    if (body.prompt_name) {
+      const found = model.promptFor(body.prompt_name);
+      if (found === undefined) {
+        const known = ["query", "passage", ...Object.keys(model.prompts)];
+        throw badRequest(
+          `unknown prompt_name "${body.prompt_name}"; known: ${known.join(", ")}`,
+          "prompt_name",
+        );
+      }
+      prompt = found;
+    }
+    // Without prompt_name TEI embeds the text as given: no instruction.
+    const encodings = encodeInputs(ctx, model, raw, {
+      inputType: "passage",
+      prompt,
+      truncate: body.truncate ?? true,
+      ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
+      idsAre: "model",
+      param: "inputs",
+    });
+    ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
+    ctx.metrics.tokens.inc(
+      { model: model.id },
+      encodings.reduce((n, e) => n + e.ids.length, 0),
+    );
+    return encodings;
+  };
+
   app.post(
     "/embed",
     {
@@ -28,40 +63,71 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     async (request, reply) => {
       const body = request.body;
       const model = pick(body);
-      const raw = readInputs(body.inputs, "inputs", ctx.config.limits.maxInputs);
       checkDimensions(body.dimensions, model.dimension);
-      let prompt: string | undefined;
-      if (body.prompt_name) {
-        prompt = model.promptFor(body.prompt_name);
-        if (prompt === undefined) {
-          const known = ["query", "passage", ...Object.keys(model.prompts)];
-          throw badRequest(
-            `unknown prompt_name "${body.prompt_name}"; known: ${known.join(", ")}`,
-            "prompt_name",
-          );
-        }
-      }
-      // Without prompt_name TEI embeds the text as given: no instruction.
-      const encodings = encodeInputs(ctx, model, raw, {
-        inputType: "passage",
-        prompt: prompt ?? "",
-        truncate: body.truncate ?? true,
-        ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
-        idsAre: "model",
-        param: "inputs",
-      });
+      const encodings = teiEncodings(model, body);
       const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
       const vectors = finalizeEmbeddings(pooled, {
         dimensions: body.dimensions ?? null,
         normalize: body.normalize ?? true,
         truncateDim: model.info.truncateDim,
       });
-      ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
-      ctx.metrics.tokens.inc(
-        { model: model.id },
-        encodings.reduce((n, e) => n + e.ids.length, 0),
-      );
       return reply.send(vectors.toArrays());
+    },
+  );
+
+  app.post(
+    "/embed_sparse",
+    {
+      schema: {
+        summary: "Sparse lexical weights of a BGE-M3 model (text-embeddings-inference compatible)",
+        tags: ["TEI"],
+        body: TeiEmbedRequest,
+        response: {
+          200: T.Array(T.Array(T.Object({ index: T.Integer(), value: T.Number() }))),
+          ...teiErrors,
+        },
+      },
+      config: tei,
+    },
+    async (request) => {
+      const body = request.body;
+      const model = pick(body);
+      if (!model.info.m3)
+        throw badRequest(`${model.id} has no sparse head; /embed_sparse needs a BGE-M3 model`, "model");
+      const encodings = teiEncodings(model, body);
+      const raws = await model.run(
+        encodings,
+        { dense: false, sparse: true, colbert: false },
+        ctx.config.limits.requestTimeoutMs,
+      );
+      return raws.map((r, i) => {
+        const { indices, values } = model.sparseVector(r, encodings[i] as Encoding);
+        return indices.map((index, k) => ({ index, value: values[k] as number }));
+      });
+    },
+  );
+
+  app.post(
+    "/embed_all",
+    {
+      schema: {
+        summary:
+          "Every token's vector (text-embeddings-inference compatible): BGE-M3's ColBERT vectors, or other models' hidden states",
+        tags: ["TEI"],
+        body: TeiEmbedRequest,
+        response: { 200: T.Array(T.Array(T.Array(T.Number()))), ...teiErrors },
+      },
+      config: tei,
+    },
+    async (request) => {
+      const body = request.body;
+      const model = pick(body);
+      const encodings = teiEncodings(model, body);
+      const want = { dense: false, sparse: false, colbert: model.info.m3, tokens: true };
+      const raws = await model.run(encodings, want, ctx.config.limits.requestTimeoutMs);
+      return raws.map((r) =>
+        (model.info.m3 ? model.colbertVectors(r) : (r.colbert as Float32Matrix)).toArrays(),
+      );
     },
   );
 
