@@ -292,7 +292,17 @@ describe("OpenAI-compatible embeddings over HTTP", () => {
     assert.equal((await fetch(`${base}/health`)).status, 200);
     const ready = await fetch(`${base}/ready`);
     assert.equal(ready.status, 200);
-    assert.deepEqual(await ready.json(), { status: "ready", models: ["tiny-bge"] });
+    const body = (await ready.json()) as {
+      status: string;
+      models: string[];
+      workers: { device: string; live: boolean }[];
+    };
+    assert.equal(body.status, "ready");
+    assert.deepEqual(body.models, ["tiny-bge"]);
+    assert.deepEqual(
+      body.workers.map((w) => [w.device, w.live]),
+      [["cpu", true]],
+    );
     const metrics = await (await fetch(`${base}/metrics`)).text();
     assert.match(
       metrics,

@@ -32,6 +32,8 @@ export interface ServerConfig {
   tokenIds: "cl100k" | "model";
   limits: Limits;
   scheduler: Partial<SchedulerOptions>;
+  /** Device workers: "cpu", "cpu:N", "cuda:0,cuda:1" (one child process each). */
+  devices: string;
   logLevel: string;
 }
 
@@ -44,5 +46,6 @@ export const DEFAULT_CONFIG: ServerConfig = {
   tokenIds: "cl100k",
   limits: DEFAULT_LIMITS,
   scheduler: {},
+  devices: "cpu",
   logLevel: "info",
 };

@@ -12,6 +12,7 @@ import Fastify, {
 import { FlagserveError } from "../runtime/errors.js";
 import type { ModelRegistry } from "../serving/models.js";
 import { ClosedError, DeadlineError, OverloadedError } from "../serving/scheduler.js";
+import { type WorkerStatus, WorkerUnavailableError } from "../serving/worker-pool.js";
 import type { ServerConfig } from "./config.js";
 import { ApiError, type ErrorDialect, sendError } from "./errors.js";
 import type { Metrics } from "./metrics.js";
@@ -31,6 +32,8 @@ export interface ServerState {
   draining: boolean;
   /** Why loading failed, if it did. */
   loadError?: string;
+  /** The device workers and whether each is alive. */
+  workers?: () => WorkerStatus[];
 }
 
 export interface AppContext {
@@ -87,6 +90,9 @@ export function toApiError(err: unknown): ApiError {
       code: "timeout",
       retryAfterSeconds: 1,
     });
+  }
+  if (err instanceof WorkerUnavailableError) {
+    return new ApiError(503, err.message, { code: "worker_unavailable", retryAfterSeconds: 2 });
   }
   if (err instanceof ClosedError) {
     return new ApiError(503, err.message, { code: "shutting_down", retryAfterSeconds: 1 });

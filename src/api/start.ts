@@ -1,6 +1,7 @@
 import type { AddressInfo } from "node:net";
-import { type Executor, LocalExecutor } from "../serving/executor.js";
+import type { Executor } from "../serving/executor.js";
 import { ModelRegistry, type ModelSpec, serveModels } from "../serving/models.js";
+import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
 import { DEFAULT_CONFIG, DEFAULT_LIMITS, type ServerConfig } from "./config.js";
 import { Metrics } from "./metrics.js";
 import { type App, type AppContext, buildServer, type ServerState } from "./server.js";
@@ -12,7 +13,7 @@ export interface RunningServer {
   executor: Executor;
   /** Resolves when every model is loaded and warmed (rejects if one fails). */
   loaded: Promise<void>;
-  /** Stop accepting, finish in-flight requests, release the models. */
+  /** Stop accepting, finish in-flight requests, stop the device workers. */
   close: () => Promise<void>;
 }
 
@@ -38,8 +39,14 @@ export async function startServer(
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
   const ctx: AppContext = { config, registry, metrics, state };
-  const executor: Executor = new LocalExecutor();
   const app = await buildServer(ctx);
+  const pool = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
+    batchTimeoutMs: config.limits.requestTimeoutMs,
+    waitForWorkerMs: config.limits.requestTimeoutMs,
+    onEvent: (event, detail) => app.log.warn(detail, event),
+  });
+  const executor: Executor = pool;
+  state.workers = () => pool.status();
   await app.listen({ host: config.host, port: config.port });
   const addr = app.server.address() as AddressInfo;
   const host = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;

@@ -10,7 +10,11 @@ export const MODEL_FLAGS: FlagSpecs = {
     help: "ONNX variant: auto, fp32, fp16, q8, int8, uint8, q4, q4f16, bnb4",
     default: "auto",
   },
-  devices: { type: "string", help: "cpu, cuda:0, or a comma-separated list", default: "cpu" },
+  devices: {
+    type: "string",
+    help: "cpu, cuda:0, or a comma-separated list; for serve: one worker process per entry, cpu:N for N CPU workers",
+    default: "cpu",
+  },
   revision: {
     type: "string",
     help: "hub revision (branch, tag or commit) for hub model ids",

@@ -78,6 +78,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
 
   const server = await startServer(specs, {
     host: str(values, "host") ?? "127.0.0.1",
+    devices: str(values, "devices") ?? "cpu",
     port,
     apiKeys: list(values, "api-key"),
     corsOrigins: list(values, "cors-origin"),

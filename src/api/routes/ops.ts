@@ -1,6 +1,14 @@
 import { Type as T } from "@sinclair/typebox";
 import type { App, AppContext } from "../server.js";
 
+const Worker = T.Object({
+  device: T.String(),
+  pid: T.Optional(T.Integer()),
+  live: T.Boolean(),
+  restarts: T.Integer(),
+  inflight: T.Integer(),
+});
+
 /** Liveness, readiness, Prometheus metrics and the OpenAPI document; reachable without a key. */
 export async function opsRoutes(app: App, ctx: AppContext): Promise<void> {
   const open = { public: true };
@@ -26,18 +34,31 @@ export async function opsRoutes(app: App, ctx: AppContext): Promise<void> {
           "Readiness: models loaded and warmed (503 while loading, after a failure, or while draining)",
         tags: ["Operations"],
         response: {
-          200: T.Object({ status: T.String(), models: T.Array(T.String()) }),
-          503: T.Object({ status: T.String(), reason: T.Optional(T.String()) }),
+          200: T.Object({ status: T.String(), models: T.Array(T.String()), workers: T.Array(Worker) }),
+          503: T.Object({
+            status: T.String(),
+            reason: T.Optional(T.String()),
+            workers: T.Optional(T.Array(Worker)),
+          }),
         },
       },
       config: open,
     },
     async (_request, reply) => {
       const { state, registry } = ctx;
+      const workers = state.workers?.() ?? [];
       if (state.draining) return reply.code(503).send({ status: "draining" });
       if (state.loadError) return reply.code(503).send({ status: "failed", reason: state.loadError });
-      if (!state.ready) return reply.code(503).send({ status: "loading" });
-      return { status: "ready", models: registry.models.map((m) => m.id) };
+      if (!state.ready) return reply.code(503).send({ status: "loading", workers });
+      // Ready while at least one device worker is alive; "degraded" names a restarting one.
+      if (!workers.some((w) => w.live)) {
+        return reply.code(503).send({ status: "unavailable", reason: "no device worker is alive", workers });
+      }
+      return {
+        status: workers.every((w) => w.live) ? "ready" : "degraded",
+        models: registry.models.map((m) => m.id),
+        workers,
+      };
     },
   );
 

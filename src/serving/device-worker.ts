@@ -1,0 +1,47 @@
+// A device worker: one child process that owns one device and runs every served model on it.
+// It is the LocalExecutor behind an IPC channel; the HTTP process never holds model weights.
+import { LocalExecutor } from "./executor.js";
+import { type FromWorker, packRaws, type ToWorker, unpackBatch } from "./protocol.js";
+
+const executor = new LocalExecutor();
+
+function send(msg: FromWorker): void {
+  process.send?.(msg);
+}
+
+async function handle(msg: ToWorker): Promise<void> {
+  switch (msg.type) {
+    case "load":
+      try {
+        send({ type: "loaded", infos: await executor.load(msg.specs) });
+      } catch (err) {
+        send({ type: "load_error", message: (err as Error).message });
+      }
+      return;
+    case "embed":
+      try {
+        const raws = await executor.embed(msg.model, unpackBatch(msg.batch), 0);
+        send({ type: "embedded", id: msg.id, raws: packRaws(raws) });
+      } catch (err) {
+        send({ type: "failed", id: msg.id, message: (err as Error).message });
+      }
+      return;
+    case "score":
+      try {
+        const scores = await executor.score(msg.model, unpackBatch(msg.batch), 0);
+        send({ type: "scored", id: msg.id, scores: scores.slice() });
+      } catch (err) {
+        send({ type: "failed", id: msg.id, message: (err as Error).message });
+      }
+      return;
+    case "shutdown":
+      await executor.close();
+      process.exit(0);
+  }
+}
+
+process.on("message", (msg: ToWorker) => {
+  void handle(msg);
+});
+// The HTTP process is gone: nothing will ever ask for work again.
+process.on("disconnect", () => process.exit(0));
