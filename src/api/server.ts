@@ -44,6 +44,10 @@ export interface AppContext {
 }
 
 declare module "fastify" {
+  interface FastifyRequest {
+    /** Epoch milliseconds after which this request is abandoned (503), counted from arrival. */
+    deadline: number;
+  }
   interface FastifyContextConfig {
     /** Error body format of the route. */
     dialect?: ErrorDialect;
@@ -170,6 +174,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     return503OnClosing: true,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
+  app.decorateRequest("deadline", 0);
   app.addSchema(OpenAIError);
   app.addSchema(TeiError);
 
@@ -199,6 +204,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
   const keys = config.apiKeys.map(digest);
   app.addHook("onRequest", async (request, reply) => {
     (request as { startedAt?: bigint }).startedAt = process.hrtime.bigint();
+    request.deadline = Date.now() + config.limits.requestTimeoutMs;
     if (keys.length === 0 || request.routeOptions.config?.public || request.url.startsWith("/docs")) return;
     if (request.method === "OPTIONS") return;
     const header = request.headers.authorization ?? "";

@@ -8,6 +8,7 @@ import { Float32Matrix } from "../runtime/matrix.js";
 import { type Encoding, type Side, TextTokenizer } from "../runtime/tokenizer.js";
 import type { EmbedItem, Executor, InputType, ModelInfo, ModelSpec, Want } from "./executor.js";
 import { BatchScheduler, type BatchStats, type SchedulerOptions } from "./scheduler.js";
+import { mapYielding } from "./yielding.js";
 
 export type { InputType, ModelSpec };
 
@@ -43,6 +44,8 @@ export interface EmbedCall {
   truncate: boolean;
   /** Which end to cut. Default: the tokenizer's truncation side. */
   side?: Side;
+  /** Epoch milliseconds after which the request is abandoned. */
+  deadline?: number;
 }
 
 /** What the HTTP side needs from a served model of either kind. */
@@ -137,16 +140,21 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** Tokenize texts (instructions applied), truncating or refusing over-long ones. */
-  tokenize(call: EmbedCall): Encoding[] {
+  tokenize(call: EmbedCall): Promise<Encoding[]> {
     const limit = this.maxInputTokens;
-    return call.texts.map((t, i) => {
-      const text = call.prompt !== undefined ? call.prompt + t : this.withInstruction(t, call.inputType);
-      if (!call.truncate) {
-        const n = this.tokenizer.countTokens(text);
-        if (n > limit) throw new InputTooLongError(i, n, limit);
-      }
-      return this.tokenizer.encode(text, limit, true, call.side);
-    });
+    this.scheduler.admit(call.texts.length);
+    return mapYielding(
+      call.texts,
+      (t, i) => {
+        const text = call.prompt !== undefined ? call.prompt + t : this.withInstruction(t, call.inputType);
+        if (!call.truncate) {
+          const n = this.tokenizer.countTokens(text);
+          if (n > limit) throw new InputTooLongError(i, n, limit);
+        }
+        return this.tokenizer.encode(text, limit, true, call.side);
+      },
+      call.deadline,
+    );
   }
 
   /** Token ids given by the client (model vocabulary): special tokens added, truncated to the limit. */
@@ -161,8 +169,8 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** Pooled dense vectors (not normalised) for tokenized inputs, through the batching scheduler. */
-  async embed(encodings: Encoding[], timeoutMs: number): Promise<Float32Matrix> {
-    const raws = await this.run(encodings, DENSE_ONLY, timeoutMs);
+  async embed(encodings: Encoding[], deadline: number): Promise<Float32Matrix> {
+    const raws = await this.run(encodings, DENSE_ONLY, deadline);
     return Float32Matrix.fromRows(
       raws.map((r) => r.dense as Float32Array),
       this.dimension,
@@ -189,10 +197,10 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** All heads a request asks for (BGE-M3), raw, in input order. */
-  run(encodings: Encoding[], want: Want, timeoutMs: number): Promise<M3Raw[]> {
+  run(encodings: Encoding[], want: Want, deadline: number): Promise<M3Raw[]> {
     return this.scheduler.submit(
       encodings.map((e) => ({ ...e, want })),
-      timeoutMs,
+      deadline - Date.now(),
     );
   }
 
@@ -244,9 +252,14 @@ export class ServedReranker extends ServedBase {
     return encodePair(this.tokenizer, q, p, Math.floor((max * 3) / 4), max, max);
   }
 
+  /** Refuse at once (429) when the queue cannot take `count` more pairs. */
+  admit(count: number): void {
+    this.scheduler.admit(count);
+  }
+
   /** Scores of encoded pairs: raw logits, or sigmoid-normalised. */
-  async score(pairs: Encoding[], normalize: boolean, timeoutMs: number): Promise<number[]> {
-    const logits = await this.scheduler.submit(pairs, timeoutMs);
+  async score(pairs: Encoding[], normalize: boolean, deadline: number): Promise<number[]> {
+    const logits = await this.scheduler.submit(pairs, deadline - Date.now());
     return normalize ? logits.map(sigmoid) : logits;
   }
 

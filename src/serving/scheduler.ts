@@ -118,18 +118,34 @@ export class BatchScheduler<T extends Tokenized, R> {
     return this.inFlight;
   }
 
-  /** Compute every encoding; results come back in input order. */
-  submit(encodings: T[], timeoutMs: number): Promise<R[]> {
-    if (this.closed) return Promise.reject(new ClosedError());
-    if (encodings.length === 0) return Promise.resolve([]);
-    if (this.queuedInputs > 0 && this.queuedInputs + encodings.length > this.options.maxQueuedInputs) {
+  /**
+   * Throw OverloadedError if `count` more inputs would not fit in the queue now: callers check
+   * before tokenizing, so refused work costs nothing.
+   */
+  admit(count: number): void {
+    if (this.closed) throw new ClosedError();
+    if (this.queuedInputs > 0 && this.queuedInputs + count > this.options.maxQueuedInputs) {
       const batchesAhead = Math.ceil(
         this.queuedInputs / this.options.maxBatchSize / this.options.concurrency,
       );
       const retry = Math.max(1, Math.ceil(batchesAhead * this.batchSeconds));
-      return Promise.reject(
-        new OverloadedError(`the queue for this model is full (${this.queuedInputs} inputs waiting)`, retry),
+      throw new OverloadedError(
+        `the queue for this model is full (${this.queuedInputs} inputs waiting)`,
+        retry,
       );
+    }
+  }
+
+  /** Compute every encoding; results come back in input order. */
+  submit(encodings: T[], timeoutMs: number): Promise<R[]> {
+    try {
+      this.admit(encodings.length);
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    if (encodings.length === 0) return Promise.resolve([]);
+    if (timeoutMs <= 0) {
+      return Promise.reject(new DeadlineError("request deadline passed before its inputs were queued"));
     }
     return new Promise<R[]>((resolve, reject) => {
       const order = encodings

@@ -52,19 +52,19 @@ export function inputTypeOf(value: string | undefined, model: ServedEmbedder): I
  * Tokenize what a client sent, with the request's truncation choice and the request token limit.
  * Token ids are cl100k_base (decoded to text first) or the model's own vocabulary.
  */
-export function encodeInputs(
+export async function encodeInputs(
   ctx: AppContext,
   model: ServedEmbedder,
   raw: ReturnType<typeof readInputs>,
   opts: Omit<EmbedCall, "texts"> & { idsAre: "cl100k" | "model"; param: string },
-): Encoding[] {
+): Promise<Encoding[]> {
   const { idsAre, param, ...call } = opts;
   let encodings: Encoding[];
   try {
     if ("texts" in raw) {
-      encodings = model.tokenize({ ...call, texts: raw.texts });
+      encodings = await model.tokenize({ ...call, texts: raw.texts });
     } else if (idsAre === "cl100k") {
-      encodings = model.tokenize({ ...call, texts: decodeCl100k(raw.ids, param) });
+      encodings = await model.tokenize({ ...call, texts: decodeCl100k(raw.ids, param) });
     } else {
       checkVocabIds(raw.ids, model.tokenizer.vocabSize, param);
       encodings = model.fromTokenIds(raw.ids, opts.truncate);
@@ -113,11 +113,12 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
         const model = requireEmbedder(ctx, body.model);
         const raw = readInputs(body.input, "input", ctx.config.limits.maxInputs);
         checkDimensions(body.dimensions, model.dimension);
-        const encodings = encodeInputs(ctx, model, raw, {
+        const encodings = await encodeInputs(ctx, model, raw, {
           inputType: inputTypeOf(body.input_type, model),
           truncate: body.truncate ?? true,
           idsAre: ctx.config.tokenIds,
           param: "input",
+          deadline: request.deadline,
         });
         const extras = body.return ?? [];
         const want = { dense: true, sparse: extras.includes("sparse"), colbert: extras.includes("colbert") };
@@ -130,7 +131,7 @@ export async function openaiRoutes(app: App, ctx: AppContext): Promise<void> {
         }
         if (body.return_tokens && !want.sparse)
           throw badRequest('return_tokens needs return: ["sparse"]', "return_tokens");
-        const raws = await model.run(encodings, want, ctx.config.limits.requestTimeoutMs);
+        const raws = await model.run(encodings, want, request.deadline);
         const pooled = Float32Matrix.fromRows(
           raws.map((r) => r.dense as Float32Array),
           model.dimension,

@@ -4,6 +4,7 @@ import { dot } from "../../runtime/matrix.js";
 import type { Encoding } from "../../runtime/tokenizer.js";
 import { type ModeWeights, m3Hybrid } from "../../serving/hybrid.js";
 import type { ServedEmbedder, ServedModel, ServedReranker } from "../../serving/models.js";
+import { mapYielding } from "../../serving/yielding.js";
 import { finalizeEmbeddings, tooManyTokens } from "../encode.js";
 import { ApiError, badRequest } from "../errors.js";
 import { openaiErrors, teiErrors } from "../schemas.js";
@@ -97,6 +98,8 @@ interface RerankCall {
   maxTokensPerDoc: number | undefined;
   modeWeights: Static<typeof ModeWeightsSchema> | undefined;
   truncate: boolean;
+  /** Epoch milliseconds after which the request is abandoned. */
+  deadline: number;
 }
 
 interface Ranked {
@@ -152,31 +155,31 @@ async function rerankWithCrossEncoder(
     call.maxTokensPerDoc === undefined
       ? call.documents
       : call.documents.map((d) => capTokens(model, d, call.maxTokensPerDoc as number));
-  const encodings: Encoding[] = [];
-  const owner: number[] = [];
-  docs.forEach((doc, i) => {
-    if (call.maxChunks > 1) {
-      // Every window gets the whole query budget FlagEmbedding gives it; the passage fills the rest.
-      const q = tok.encodeWithoutSpecials(
-        model.withQueryInstruction(call.query),
-        Math.floor((maxLength * 3) / 4),
-      );
-      const room = Math.max(1, maxLength - q.length - tok.numSpecialTokens(true));
-      const p = tok.encodeWithoutSpecials(model.withPassageInstruction(doc), room * call.maxChunks);
-      for (const w of windows(p, room, call.maxChunks)) {
-        encodings.push(tok.withSpecialTokens(q, w));
-        owner.push(i);
+  // Every window gets the query budget FlagEmbedding gives it; the passage fills the rest.
+  const q =
+    call.maxChunks > 1
+      ? tok.encodeWithoutSpecials(model.withQueryInstruction(call.query), Math.floor((maxLength * 3) / 4))
+      : [];
+  const room = Math.max(1, maxLength - q.length - tok.numSpecialTokens(true));
+  model.admit(docs.length);
+  const perDoc = await mapYielding(
+    docs,
+    (doc, i): Encoding[] => {
+      if (call.maxChunks > 1) {
+        const p = tok.encodeWithoutSpecials(model.withPassageInstruction(doc), room * call.maxChunks);
+        return windows(p, room, call.maxChunks).map((w) => tok.withSpecialTokens(q, w));
       }
-    } else {
       if (!call.truncate) checkPairLength(model, call.query, doc, i);
-      encodings.push(model.encodePair(call.query, doc));
-      owner.push(i);
-    }
-  });
+      return [model.encodePair(call.query, doc)];
+    },
+    call.deadline,
+  );
+  const encodings = perDoc.flat();
+  const owner = perDoc.flatMap((chunks, i) => chunks.map(() => i));
   const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
   if (tokens > ctx.config.limits.maxRequestTokens)
     throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens);
-  const chunkScores = await model.score(encodings, !call.rawScores, ctx.config.limits.requestTimeoutMs);
+  const chunkScores = await model.score(encodings, !call.rawScores, call.deadline);
   const scores = new Array<number>(docs.length).fill(Number.NEGATIVE_INFINITY);
   chunkScores.forEach((s, k) => {
     const i = owner[k] as number;
@@ -206,19 +209,28 @@ async function rerankWithEmbedder(ctx: AppContext, model: ServedEmbedder, call: 
     call.maxTokensPerDoc === undefined
       ? call.documents
       : call.documents.map((d) => capTokens(model, d, call.maxTokensPerDoc as number));
-  const [q] = model.tokenize({ texts: [call.query], inputType: "query", truncate: call.truncate });
-  const d = model.tokenize({ texts: docs, inputType: "passage", truncate: call.truncate });
+  const [q] = await model.tokenize({
+    texts: [call.query],
+    inputType: "query",
+    truncate: call.truncate,
+    deadline: call.deadline,
+  });
+  const d = await model.tokenize({
+    texts: docs,
+    inputType: "passage",
+    truncate: call.truncate,
+    deadline: call.deadline,
+  });
   const encodings = [q as Encoding, ...d];
   const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
   if (tokens > ctx.config.limits.maxRequestTokens)
     throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens);
-  const timeout = ctx.config.limits.requestTimeoutMs;
   if (call.modeWeights) {
-    const raws = await model.run(encodings, { dense: true, sparse: true, colbert: true }, timeout);
+    const raws = await model.run(encodings, { dense: true, sparse: true, colbert: true }, call.deadline);
     const scores = m3Hybrid(model, encodings, raws, call.modeWeights as ModeWeights);
     return { model: model.id, scores, tokens };
   }
-  const vectors = finalizeEmbeddings(await model.embed(encodings, timeout), {
+  const vectors = finalizeEmbeddings(await model.embed(encodings, call.deadline), {
     normalize: true,
     truncateDim: null,
   });
@@ -296,6 +308,7 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         maxTokensPerDoc: undefined,
         modeWeights: b.mode_weights,
         truncate: true,
+        deadline: request.deadline,
       });
       return {
         id: randomUUID(),
@@ -336,6 +349,7 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         maxTokensPerDoc: b.max_tokens_per_doc,
         modeWeights: b.mode_weights,
         truncate: true,
+        deadline: request.deadline,
       });
       return {
         id: randomUUID(),
@@ -376,6 +390,7 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         maxTokensPerDoc: undefined,
         modeWeights: b.mode_weights,
         truncate: b.truncate ?? true,
+        deadline: request.deadline,
       });
       return topIndices(ranked.scores, undefined).map((index) => ({
         index,

@@ -18,7 +18,11 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
   const pick = (body: unknown) => requireEmbedder(ctx, (body as { model?: string }).model);
 
   /** TEI inputs -> tokenized inputs: prompt_name resolved, truncation and its direction applied. */
-  const teiEncodings = (model: ServedEmbedder, body: TeiEmbedRequest): Encoding[] => {
+  const teiEncodings = async (
+    model: ServedEmbedder,
+    body: TeiEmbedRequest,
+    deadline: number,
+  ): Promise<Encoding[]> => {
     const raw = readInputs(body.inputs, "inputs", ctx.config.limits.maxInputs);
     let prompt = "";
     if (body.prompt_name) {
@@ -33,13 +37,14 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       prompt = found;
     }
     // Without prompt_name TEI embeds the text as given: no instruction.
-    const encodings = encodeInputs(ctx, model, raw, {
+    const encodings = await encodeInputs(ctx, model, raw, {
       inputType: "passage",
       prompt,
       truncate: body.truncate ?? true,
       ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
       idsAre: "model",
       param: "inputs",
+      deadline,
     });
     ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
     ctx.metrics.tokens.inc(
@@ -64,8 +69,8 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       const body = request.body;
       const model = pick(body);
       checkDimensions(body.dimensions, model.dimension);
-      const encodings = teiEncodings(model, body);
-      const pooled = await model.embed(encodings, ctx.config.limits.requestTimeoutMs);
+      const encodings = await teiEncodings(model, body, request.deadline);
+      const pooled = await model.embed(encodings, request.deadline);
       const vectors = finalizeEmbeddings(pooled, {
         dimensions: body.dimensions ?? null,
         normalize: body.normalize ?? true,
@@ -94,11 +99,11 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       const model = pick(body);
       if (!model.info.m3)
         throw badRequest(`${model.id} has no sparse head; /embed_sparse needs a BGE-M3 model`, "model");
-      const encodings = teiEncodings(model, body);
+      const encodings = await teiEncodings(model, body, request.deadline);
       const raws = await model.run(
         encodings,
         { dense: false, sparse: true, colbert: false },
-        ctx.config.limits.requestTimeoutMs,
+        request.deadline,
       );
       return raws.map((r, i) => {
         const { indices, values } = model.sparseVector(r, encodings[i] as Encoding);
@@ -122,9 +127,9 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     async (request) => {
       const body = request.body;
       const model = pick(body);
-      const encodings = teiEncodings(model, body);
+      const encodings = await teiEncodings(model, body, request.deadline);
       const want = { dense: false, sparse: false, colbert: model.info.m3, tokens: true };
-      const raws = await model.run(encodings, want, ctx.config.limits.requestTimeoutMs);
+      const raws = await model.run(encodings, want, request.deadline);
       return raws.map((r) =>
         (model.info.m3 ? model.colbertVectors(r) : (r.colbert as Float32Matrix)).toArrays(),
       );
