@@ -23,6 +23,8 @@ export interface RuntimeOptions {
   onnxFile?: string;
   intraOpThreads?: number;
   interOpThreads?: number;
+  /** ONNX Runtime thread spinning between runs (see SessionOptions.spinning). */
+  spinning?: boolean;
   /** Hub access for model ids (revision, cache, endpoint, token, offline); defaults from HF_* env vars. */
   hub?: HubOptions;
 }
@@ -99,6 +101,7 @@ export async function loadModel(
         device,
         ...(options.intraOpThreads !== undefined ? { intraOpThreads: options.intraOpThreads } : {}),
         ...(options.interOpThreads !== undefined ? { interOpThreads: options.interOpThreads } : {}),
+        ...(options.spinning !== undefined ? { spinning: options.spinning } : {}),
       }),
     );
   }

@@ -40,8 +40,11 @@ async function handle(msg: ToWorker): Promise<void> {
   }
 }
 
+// One batch at a time: the device is busy anyway, and a batch that arrives meanwhile (the pool
+// keeps two in flight) is already here when the current one finishes.
+let queue: Promise<void> = Promise.resolve();
 process.on("message", (msg: ToWorker) => {
-  void handle(msg);
+  queue = queue.then(() => handle(msg));
 });
 // The HTTP process is gone: nothing will ever ask for work again.
 process.on("disconnect", () => process.exit(0));

@@ -11,7 +11,12 @@ export interface SchedulerOptions {
   concurrency: number;
   /** A request waiting longer than this is served before newer, smaller ones. */
   starvationMs: number;
+  /** Real tokens / computed tokens a batch must keep when mixing inputs of different lengths. */
+  minPaddingEfficiency: number;
 }
+
+/** Padded tokens a batch may waste whatever its efficiency (short queries batch together freely). */
+const PADDING_SLACK_TOKENS = 128;
 
 export const DEFAULT_SCHEDULER: SchedulerOptions = {
   maxBatchTokens: 16384,
@@ -20,6 +25,7 @@ export const DEFAULT_SCHEDULER: SchedulerOptions = {
   maxQueuedInputs: 16384,
   concurrency: 1,
   starvationMs: 500,
+  minPaddingEfficiency: 0.92,
 };
 
 /** What the scheduler batches: anything with token ids (its length decides padding). */
@@ -35,6 +41,8 @@ export interface BatchStats {
   realTokens: number;
   paddedTokens: number;
   requests: number;
+  /** Wall time from dispatch to results (the device's time plus the trip to it). */
+  seconds: number;
 }
 
 /** The queue is full: the caller should answer 429 and ask the client to retry later. */
@@ -239,35 +247,46 @@ export class BatchScheduler<T extends Tokenized, R> {
     const { maxBatchSize, maxBatchTokens } = this.options;
     const taken: { p: Pending<T, R>; index: number }[] = [];
     let longest = 0;
-    outer: for (const p of this.pickOrder()) {
-      while (p.next < p.encodings.length) {
+    let real = 0;
+    // Requests in priority order; from each, its longest remaining inputs for as long as they keep
+    // the batch's padding efficiency above target (the first input always goes in). A request whose
+    // next input would pad too much waits for a batch of its own length.
+    for (const p of this.pickOrder()) {
+      while (p.next < p.encodings.length && taken.length < maxBatchSize) {
         const index = p.order[p.next] as number;
         const len = (p.encodings[index] as T).ids.length;
         const newLongest = Math.max(longest, len);
-        if (
-          taken.length > 0 &&
-          (taken.length >= maxBatchSize || (taken.length + 1) * newLongest > maxBatchTokens)
-        ) {
-          break outer;
+        if (taken.length > 0) {
+          if ((taken.length + 1) * newLongest > maxBatchTokens) break;
+          const computed = (taken.length + 1) * newLongest;
+          // Padding among short inputs costs little in absolute terms; only a costly one is refused.
+          const waste = computed - (real + len);
+          if ((real + len) / computed < this.options.minPaddingEfficiency && waste > PADDING_SLACK_TOKENS)
+            break;
         }
         taken.push({ p, index });
         longest = newLongest;
+        real += len;
         p.next++;
       }
+      if (taken.length >= maxBatchSize) break;
     }
     for (const { p } of taken) this.removeIfDrained(p);
     this.queuedInputs -= taken.length;
     this.inFlight++;
     const encodings = taken.map(({ p, index }) => p.encodings[index] as T);
     const started = performance.now();
-    this.onBatch?.({
-      rows: encodings.length,
-      realTokens: encodings.reduce((n, e) => n + e.ids.length, 0),
-      paddedTokens: encodings.length * longest,
-      requests: new Set(taken.map((t) => t.p)).size,
-    });
+    const report = () =>
+      this.onBatch?.({
+        rows: encodings.length,
+        realTokens: real,
+        paddedTokens: encodings.length * longest,
+        requests: new Set(taken.map((t) => t.p)).size,
+        seconds: (performance.now() - started) / 1000,
+      });
     this.runner(encodings, slot).then(
       (results) => {
+        report();
         this.batchSeconds = 0.8 * this.batchSeconds + 0.2 * ((performance.now() - started) / 1000);
         taken.forEach(({ p, index }, i) => {
           if (p.settled) return;
@@ -282,6 +301,7 @@ export class BatchScheduler<T extends Tokenized, R> {
         this.finishBatch(slot);
       },
       (err: unknown) => {
+        report();
         const error = err instanceof Error ? err : new Error(String(err));
         for (const p of new Set(taken.map((t) => t.p))) this.fail(p, error);
         this.finishBatch(slot);

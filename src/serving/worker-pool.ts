@@ -174,6 +174,8 @@ export class WorkerPoolExecutor implements Executor {
       options: {
         ...s.options,
         devices: w.slot.device,
+        // Idle ONNX Runtime threads must not spin on cores the HTTP process needs.
+        spinning: s.options.spinning ?? false,
         ...(w.slot.threads !== undefined && s.options.intraOpThreads === undefined
           ? { intraOpThreads: w.slot.threads }
           : {}),

@@ -1,0 +1,387 @@
+// Benchmarks: npm run bench [-- --quick] [--model DIR]... [--peer infinity]
+//
+// Every ratio is measured in this one run, against a baseline run on the same machine moments
+// before: a raw ONNX Runtime session on the same batches, batching switched off, a peer server.
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import * as ort from "onnxruntime-node";
+import { ModelDir } from "../src/runtime/model-dir.js";
+import { batchFeeds, OnnxSession, padBatch } from "../src/runtime/session.js";
+import { type Encoding, TextTokenizer } from "../src/runtime/tokenizer.js";
+
+const ROOT = resolve(import.meta.dirname, "..");
+
+const { values } = parseArgs({
+  options: {
+    model: { type: "string", multiple: true },
+    quick: { type: "boolean" },
+    peer: { type: "string", multiple: true },
+    passages: { type: "string" },
+  },
+});
+
+const QUICK = values.quick === true;
+const PASSAGES = Number(values.passages ?? (QUICK ? 2000 : 10_000));
+const CLIENTS = 64;
+const QUERIES_PER_CLIENT = QUICK ? 8 : 25;
+const REQUEST_SIZE = 256;
+const BULK_CONCURRENCY = 4;
+// The server's default batching limits, used for the raw baseline's batches too.
+const MAX_BATCH_SIZE = 64;
+const MAX_BATCH_TOKENS = 16384;
+
+// ---------------------------------------------------------------- inputs
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return s / 2 ** 32;
+  };
+}
+
+const VOCAB = (
+  "the of and to in is was for on that with as by at from his her they this which be or an are not have " +
+  "embedding retrieval passage query model vector search index token batch server request latency throughput " +
+  "river mountain forest city village bridge castle museum library harbour railway station market garden " +
+  "history science music language computer network database protein climate energy economy football " +
+  "quickly slowly carefully important different general national international traditional modern"
+).split(" ");
+
+/** A mixed-length corpus: many short passages, fewer long ones, a few near the model's window. */
+function corpus(n: number, seed = 7): string[] {
+  const r = rng(seed);
+  const out: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const u = r();
+    const words =
+      u < 0.5 ? 5 + Math.floor(r() * 25) : u < 0.85 ? 30 + Math.floor(r() * 90) : 120 + Math.floor(r() * 280);
+    const ws: string[] = [];
+    for (let k = 0; k < words; k++) ws.push(VOCAB[Math.floor(r() * VOCAB.length)] as string);
+    out.push(`${ws.join(" ")}.`);
+  }
+  return out;
+}
+
+function queries(n: number, seed = 11): string[] {
+  const r = rng(seed);
+  return Array.from({ length: n }, () =>
+    Array.from({ length: 4 + Math.floor(r() * 8) }, () => VOCAB[Math.floor(r() * VOCAB.length)]).join(" "),
+  );
+}
+
+// ---------------------------------------------------------------- measurements
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
+}
+
+/** The raw baseline: tokenized once, sorted by length, packed like the server packs, run on one session. */
+async function rawOrt(dir: string, texts: string[]): Promise<{ perSecond: number; efficiency: number }> {
+  const model = await ModelDir.open(dir);
+  const tok = await TextTokenizer.fromDir(dir);
+  const session = await OnnxSession.create(model.resolve(model.onnx("auto", "cpu").file));
+  const limit = Math.min(512, model.maxPositions ?? 512, tok.modelMaxLength ?? 512);
+  const encodings = texts.map((t) => tok.encode(t, limit)).sort((a, b) => b.ids.length - a.ids.length);
+  const batches: Encoding[][] = [];
+  let current: Encoding[] = [];
+  let longest = 0;
+  for (const e of encodings) {
+    const l = Math.max(longest, e.ids.length);
+    if (
+      current.length > 0 &&
+      (current.length >= MAX_BATCH_SIZE || (current.length + 1) * l > MAX_BATCH_TOKENS)
+    ) {
+      batches.push(current);
+      current = [];
+    }
+    current.push(e);
+    longest = current.length === 1 ? e.ids.length : Math.max(longest, e.ids.length);
+  }
+  if (current.length) batches.push(current);
+  const output = session.outputNames.includes("last_hidden_state")
+    ? "last_hidden_state"
+    : (session.outputNames[0] as string);
+  let real = 0;
+  let computed = 0;
+  const started = performance.now();
+  for (const b of batches) {
+    const padded = padBatch(b, tok.padTokenId, tok.paddingSide);
+    real += b.reduce((n, e) => n + e.ids.length, 0);
+    computed += padded.size * padded.seqLen;
+    const out = await session.run(batchFeeds(session, padded), [output]);
+    (out[output] as ort.Tensor).dispose?.();
+  }
+  const seconds = (performance.now() - started) / 1000;
+  await session.release();
+  return { perSecond: texts.length / seconds, efficiency: real / computed };
+}
+
+interface Target {
+  name: string;
+  url: string;
+  /** The OpenAI-style embeddings route. */
+  embeddings: string;
+  model: string;
+  proc: ChildProcess;
+  /** Prometheus text, when the target is flagserve. */
+  metrics?: () => Promise<string>;
+}
+
+async function waitReady(url: string, proc: ChildProcess, seconds = 180): Promise<void> {
+  const until = Date.now() + seconds * 1000;
+  while (Date.now() < until) {
+    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}`);
+    try {
+      const r = await fetch(url);
+      if (r.ok) return;
+    } catch {
+      // not listening yet
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  throw new Error(`${url} not ready after ${seconds}s`);
+}
+
+let nextPort = 18900;
+
+async function startFlagserve(name: string, dir: string, extra: string[]): Promise<Target> {
+  const port = nextPort++;
+  const proc = spawn(
+    process.execPath,
+    [
+      "--import",
+      "tsx",
+      join(ROOT, "src", "cli.ts"),
+      "serve",
+      "--model",
+      `${dir}=bench`,
+      "--port",
+      String(port),
+      "--log-level",
+      "warn",
+      ...extra,
+    ],
+    { cwd: ROOT, stdio: ["ignore", "inherit", "inherit"] },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  await waitReady(`${url}/ready`, proc);
+  return {
+    name,
+    url,
+    embeddings: `${url}/v1/embeddings`,
+    model: "bench",
+    proc,
+    metrics: async () => (await fetch(`${url}/metrics`)).text(),
+  };
+}
+
+async function startInfinity(dir: string): Promise<Target | undefined> {
+  const script = join(ROOT, "bench", "peers", "infinity.sh");
+  if (!existsSync(script)) return undefined;
+  const port = nextPort++;
+  const proc = spawn("bash", [script, dir, String(port)], {
+    cwd: ROOT,
+    stdio: ["ignore", "ignore", "inherit"],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await waitReady(`${url}/health`, proc, 600);
+  const models = (await (await fetch(`${url}/models`)).json()) as { data: { id: string }[] };
+  return {
+    name: "infinity-emb",
+    url,
+    embeddings: `${url}/embeddings`,
+    model: models.data[0]?.id ?? "bench",
+    proc,
+  };
+}
+
+async function stop(t: Target): Promise<void> {
+  if (t.proc.exitCode !== null) return;
+  const exited = new Promise((r) => t.proc.once("exit", r));
+  t.proc.kill("SIGTERM");
+  const timer = setTimeout(() => t.proc.kill("SIGKILL"), 15_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+async function embedRequest(t: Target, input: string[]): Promise<void> {
+  // base64, as the official OpenAI clients ask for it
+  const res = await fetch(t.embeddings, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ model: t.model, input, encoding_format: "base64" }),
+  });
+  if (!res.ok) throw new Error(`${t.name}: HTTP ${res.status} ${await res.text()}`);
+  await res.arrayBuffer();
+}
+
+/** A sample's value in Prometheus text format: `name{labels} value`. */
+function metricValue(text: string, name: string, labels = ""): number {
+  const prefix = labels ? `${name}{${labels}} ` : `${name} `;
+  const line = text.split("\n").find((l) => l.startsWith(prefix));
+  return line ? Number(line.slice(prefix.length)) : Number.NaN;
+}
+
+async function bulk(
+  t: Target,
+  texts: string[],
+): Promise<{ perSecond: number; efficiency: number; loopP99Ms: number }> {
+  const before = t.metrics ? await t.metrics() : "";
+  const chunks: string[][] = [];
+  for (let i = 0; i < texts.length; i += REQUEST_SIZE) chunks.push(texts.slice(i, i + REQUEST_SIZE));
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: BULK_CONCURRENCY }, async () => {
+      while (next < chunks.length) await embedRequest(t, chunks[next++] as string[]);
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  let efficiency = Number.NaN;
+  let loopP99Ms = Number.NaN;
+  if (t.metrics) {
+    const after = await t.metrics();
+    const d = (kind: string) =>
+      metricValue(after, "flagserve_batch_tokens_total", `model="bench",kind="${kind}"`) -
+      (metricValue(before, "flagserve_batch_tokens_total", `model="bench",kind="${kind}"`) || 0);
+    efficiency = d("real") / d("computed");
+    loopP99Ms = metricValue(after, "flagserve_nodejs_eventloop_lag_p99_seconds") * 1000;
+  }
+  return { perSecond: texts.length / seconds, efficiency, loopP99Ms };
+}
+
+async function concurrent(
+  t: Target,
+  qs: string[],
+): Promise<{ perSecond: number; p50: number; p99: number; loopP99Ms: number }> {
+  if (t.metrics) await t.metrics();
+  const latencies: number[] = [];
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: CLIENTS }, async () => {
+      for (let k = 0; k < QUERIES_PER_CLIENT; k++) {
+        const q = qs[next++ % qs.length] as string;
+        const t0 = performance.now();
+        await embedRequest(t, [q]);
+        latencies.push(performance.now() - t0);
+      }
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  const loopP99Ms = t.metrics
+    ? metricValue(await t.metrics(), "flagserve_nodejs_eventloop_lag_p99_seconds") * 1000
+    : Number.NaN;
+  return {
+    perSecond: latencies.length / seconds,
+    p50: percentile(latencies, 50),
+    p99: percentile(latencies, 99),
+    loopP99Ms,
+  };
+}
+
+// ---------------------------------------------------------------- run
+
+const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
+const lines: string[] = [];
+const say = (s: string) => {
+  lines.push(s);
+  process.stdout.write(`${s}\n`);
+};
+
+const models = values.model?.length
+  ? values.model
+  : [
+      join(ROOT, ".cache", "models", "all-MiniLM-L6-v2"),
+      join(ROOT, "test", "fixtures", "models", "tiny-bge"),
+    ].filter((d) => existsSync(join(d, "tokenizer.json")));
+if (!existsSync(join(ROOT, ".cache", "models", "all-MiniLM-L6-v2")) && !values.model?.length) {
+  say(
+    "(no real model at .cache/models/all-MiniLM-L6-v2: run PARITY_VENV=... bash scripts/parity/run.sh to export it)",
+  );
+}
+
+say(
+  `machine: ${cpus().length} x ${cpus()[0]?.model ?? "cpu"}, ${(totalmem() / 2 ** 30).toFixed(0)} GiB; node ${process.version}; onnxruntime-node ${ort.env.versions.common}`,
+);
+say(
+  `corpus: ${PASSAGES} mixed-length passages, requests of ${REQUEST_SIZE}, ${BULK_CONCURRENCY} in flight; ${CLIENTS} clients x ${QUERIES_PER_CLIENT} one-query requests`,
+);
+const texts = corpus(PASSAGES);
+const qs = queries(2000);
+
+for (const dir of models) {
+  const pooling = existsSync(join(dir, "1_Pooling", "config.json")) ? [] : ["--pooling", "cls"];
+  say(`\n## ${dir.split("/").pop()}`);
+  const raw = await rawOrt(dir, texts);
+  say(
+    `raw ONNX Runtime session, same batches: ${fmt(raw.perSecond)} passages/s (padding efficiency ${fmt(raw.efficiency, 3)})`,
+  );
+
+  const server = await startFlagserve("flagserve", dir, pooling);
+  let on: Awaited<ReturnType<typeof concurrent>>;
+  let b: Awaited<ReturnType<typeof bulk>>;
+  try {
+    await bulk(server, texts.slice(0, 512)); // warm-up
+    b = await bulk(server, texts);
+    on = await concurrent(server, qs);
+  } finally {
+    await stop(server);
+  }
+  const offServer = await startFlagserve("flagserve (batch size 1)", dir, [
+    ...pooling,
+    "--max-batch-size",
+    "1",
+  ]);
+  let off: Awaited<ReturnType<typeof concurrent>>;
+  try {
+    await concurrent(offServer, qs.slice(0, 64));
+    off = await concurrent(offServer, qs);
+  } finally {
+    await stop(offServer);
+  }
+  say("| measurement | value | goal |");
+  say("| --- | --- | --- |");
+  say(`| bulk through HTTP | ${fmt(b.perSecond)} passages/s | |`);
+  say(`| bulk, ratio to the raw session | **${fmt(b.perSecond / raw.perSecond, 2)}** | >= 0.90 |`);
+  say(`| padding efficiency (real / computed tokens) | **${fmt(b.efficiency, 3)}** | >= 0.85 |`);
+  say(`| event-loop delay p99 during bulk | **${fmt(b.loopP99Ms)} ms** | < 20 ms |`);
+  say(
+    `| 64 clients, batching on | ${fmt(on.perSecond)} req/s, p50 ${fmt(on.p50)} ms, p99 ${fmt(on.p99)} ms | |`,
+  );
+  say(
+    `| 64 clients, batch size 1 | ${fmt(off.perSecond)} req/s, p50 ${fmt(off.p50)} ms, p99 ${fmt(off.p99)} ms | |`,
+  );
+  say(`| batching speed-up | **${fmt(on.perSecond / off.perSecond, 2)}x** | >= 4x |`);
+  say(`| event-loop delay p99 during 64 clients | **${fmt(on.loopP99Ms)} ms** | < 20 ms |`);
+
+  for (const peer of values.peer ?? []) {
+    if (peer !== "infinity") {
+      say(`(unknown peer ${peer})`);
+      continue;
+    }
+    const t = await startInfinity(dir);
+    if (!t) {
+      say("(infinity peer script missing: bench/peers/infinity.sh)");
+      continue;
+    }
+    try {
+      await bulk(t, texts.slice(0, 512));
+      const pb = await bulk(t, texts);
+      const pc = await concurrent(t, qs);
+      say(
+        `| infinity-emb bulk | ${fmt(pb.perSecond)} passages/s; flagserve / infinity = **${fmt(b.perSecond / pb.perSecond, 2)}** | > 1 |`,
+      );
+      say(
+        `| infinity-emb 64 clients | ${fmt(pc.perSecond)} req/s, p50 ${fmt(pc.p50)} ms, p99 ${fmt(pc.p99)} ms; throughput ratio **${fmt(on.perSecond / pc.perSecond, 2)}**, p99 ratio ${fmt(on.p99 / pc.p99, 2)} | > 1, < 1 |`,
+      );
+    } finally {
+      await stop(t);
+    }
+  }
+}
