@@ -2,11 +2,23 @@
 import { UsageError } from "./cli/args.js";
 import { DOWNLOAD_USAGE, downloadCommand } from "./cli/download.js";
 import { EMBED_USAGE, embedCommand } from "./cli/embed.js";
+import { JOBS_USAGE, jobsCommand } from "./cli/jobs.js";
 import { SERVE_USAGE, serveCommand } from "./cli/serve.js";
+import { WORKER_USAGE, workerCommand } from "./cli/worker.js";
 import { isFlagserveError } from "./runtime/errors.js";
 
 const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string; summary: string }> = {
-  serve: { run: serveCommand, usage: SERVE_USAGE, summary: "start the HTTP server (OpenAI, TEI APIs)" },
+  serve: {
+    run: serveCommand,
+    usage: SERVE_USAGE,
+    summary: "start the HTTP server (OpenAI, Cohere/Jina, TEI APIs)",
+  },
+  worker: {
+    run: workerCommand,
+    usage: WORKER_USAGE,
+    summary: "compute bulk-job chunks from Redis on this host's devices",
+  },
+  jobs: { run: jobsCommand, usage: JOBS_USAGE, summary: "submit bulk jobs, follow them, download results" },
   embed: { run: embedCommand, usage: EMBED_USAGE, summary: "embed stdin lines to JSONL" },
   download: {
     run: downloadCommand,

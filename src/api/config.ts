@@ -9,6 +9,8 @@ export interface Limits {
   bodyLimit: number;
   /** Milliseconds a request may take before it is answered 503. */
   requestTimeoutMs: number;
+  /** Bytes of one uploaded file (POST /v1/files). */
+  uploadBytes: number;
 }
 
 export const DEFAULT_LIMITS: Limits = {
@@ -17,7 +19,21 @@ export const DEFAULT_LIMITS: Limits = {
   maxRequestTokens: 2048 * 8192,
   bodyLimit: 128 * 1024 * 1024,
   requestTimeoutMs: 120_000,
+  uploadBytes: 8 * 1024 ** 3,
 };
+
+export interface JobsConfig {
+  /** Redis for jobs shared by several hosts; none keeps the queue in this process. */
+  redisUrl?: string;
+  /** Job data in this directory (shared by all hosts) instead of Redis. */
+  resultsDir?: string;
+  chunkSize: number;
+  ttlSeconds: number;
+  /** Chunks this process computes at once (0: leave them to `flagserve worker` processes). */
+  concurrency: number;
+  /** A chunk whose worker stopped renewing its lock for this long goes back to the queue. */
+  chunkLockSeconds: number;
+}
 
 export interface ServerConfig {
   host: string;
@@ -34,6 +50,7 @@ export interface ServerConfig {
   scheduler: Partial<SchedulerOptions>;
   /** Device workers: "cpu", "cpu:N", "cuda:0,cuda:1" (one child process each). */
   devices: string;
+  jobs: JobsConfig;
   logLevel: string;
 }
 
@@ -47,5 +64,6 @@ export const DEFAULT_CONFIG: ServerConfig = {
   limits: DEFAULT_LIMITS,
   scheduler: {},
   devices: "cpu",
+  jobs: { chunkSize: 1024, ttlSeconds: 7 * 24 * 3600, concurrency: 2, chunkLockSeconds: 60 },
   logLevel: "info",
 };

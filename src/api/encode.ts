@@ -1,7 +1,9 @@
-import { endianness } from "node:os";
 import { Tiktoken } from "js-tiktoken/lite";
 import cl100k from "js-tiktoken/ranks/cl100k_base";
 import type { Float32Matrix } from "../runtime/matrix.js";
+
+export { float32Base64, float32Json } from "../runtime/float-format.js";
+
 import { type ApiError, badRequest } from "./errors.js";
 
 /** Inputs as a client sent them: texts, or token ids (one array per input). */
@@ -91,29 +93,6 @@ export function checkDimensions(
   if (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > modelDims) {
     throw badRequest(`${param} must be between 1 and ${modelDims} for this model, got ${dimensions}`, param);
   }
-}
-
-const LITTLE_ENDIAN = endianness() === "LE";
-
-/** Standard base64 of little-endian float32 bytes, as OpenAI's encoding_format=base64 defines it. */
-export function float32Base64(row: Float32Array): string {
-  if (LITTLE_ENDIAN) return Buffer.from(row.buffer, row.byteOffset, row.byteLength).toString("base64");
-  const buf = Buffer.alloc(row.length * 4);
-  row.forEach((v, i) => {
-    buf.writeFloatLE(v, i * 4);
-  });
-  return buf.toString("base64");
-}
-
-/** A JSON array of floats with 9 significant digits: enough to restore every float32 exactly. */
-export function float32Json(row: ArrayLike<number>): string {
-  let s = "[";
-  for (let i = 0; i < row.length; i++) {
-    const v = row[i] as number;
-    if (i > 0) s += ",";
-    s += Number.isFinite(v) ? String(+v.toPrecision(9)) : "0";
-  }
-  return `${s}]`;
 }
 
 export function tooManyTokens(total: number, limit: number): ApiError {

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import cors from "@fastify/cors";
+import multipart from "@fastify/multipart";
 import swagger from "@fastify/swagger";
 import swaggerUi from "@fastify/swagger-ui";
 import type { TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
@@ -9,6 +10,7 @@ import Fastify, {
   type FastifyRequest,
   LogController,
 } from "fastify";
+import type { JobSystem } from "../jobs/system.js";
 import { FlagserveError } from "../runtime/errors.js";
 import type { ModelRegistry } from "../serving/models.js";
 import { ClosedError, DeadlineError, OverloadedError } from "../serving/scheduler.js";
@@ -16,6 +18,8 @@ import { type WorkerStatus, WorkerUnavailableError } from "../serving/worker-poo
 import type { ServerConfig } from "./config.js";
 import { ApiError, type ErrorDialect, sendError } from "./errors.js";
 import type { Metrics } from "./metrics.js";
+import { batchRoutes } from "./routes/batches.js";
+import { jobRoutes } from "./routes/jobs.js";
 import { openaiRoutes } from "./routes/openai.js";
 import { opsRoutes } from "./routes/ops.js";
 import { rerankRoutes } from "./routes/rerank.js";
@@ -41,12 +45,16 @@ export interface AppContext {
   registry: ModelRegistry;
   metrics: Metrics;
   state: ServerState;
+  /** Bulk jobs and the OpenAI Batch API. */
+  jobs?: JobSystem;
 }
 
 declare module "fastify" {
   interface FastifyRequest {
     /** Epoch milliseconds after which this request is abandoned (503), counted from arrival. */
     deadline: number;
+    /** Who owns what this request creates: a hash of its API key, or "anonymous". */
+    owner: string;
   }
   interface FastifyContextConfig {
     /** Error body format of the route. */
@@ -175,6 +183,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.decorateRequest("deadline", 0);
+  app.decorateRequest("owner", "anonymous");
   app.addSchema(OpenAIError);
   app.addSchema(TeiError);
 
@@ -192,6 +201,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     },
     refResolver: { buildLocalReference: (json, _base, _fragment, i) => (json.$id as string) ?? `def-${i}` },
   });
+  await app.register(multipart, { limits: { fileSize: config.limits.uploadBytes, files: 1 } });
   await app.register(swaggerUi, { routePrefix: "/docs", uiConfig: { docExpansion: "list" } });
   if (config.corsOrigins.length > 0) {
     await app.register(cors, {
@@ -209,7 +219,8 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     if (request.method === "OPTIONS") return;
     const header = request.headers.authorization ?? "";
     const m = /^Bearer\s+(.+)$/i.exec(header);
-    if (!m || !keyMatches((m[1] as string).trim(), keys)) {
+    const presented = m ? (m[1] as string).trim() : "";
+    if (!m || !keyMatches(presented, keys)) {
       const err = new ApiError(
         401,
         m ? "Incorrect API key provided" : "Missing API key: send Authorization: Bearer KEY",
@@ -219,6 +230,7 @@ export async function buildServer(ctx: AppContext): Promise<App> {
       );
       return sendError(reply, err, dialectOf(request));
     }
+    request.owner = digest(presented).toString("hex").slice(0, 32);
   });
 
   app.addHook("onResponse", async (request, reply) => {
@@ -248,6 +260,8 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     await openaiRoutes(scope as unknown as App, ctx);
     await teiRoutes(scope as unknown as App, ctx);
     await rerankRoutes(scope as unknown as App, ctx);
+    await jobRoutes(scope as unknown as App, ctx);
+    await batchRoutes(scope as unknown as App, ctx);
   });
   return app;
 }

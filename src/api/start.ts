@@ -1,8 +1,10 @@
 import type { AddressInfo } from "node:net";
+import { createJobSystem } from "../jobs/system.js";
 import type { Executor } from "../serving/executor.js";
 import { ModelRegistry, type ModelSpec, serveModels } from "../serving/models.js";
 import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
-import { DEFAULT_CONFIG, DEFAULT_LIMITS, type ServerConfig } from "./config.js";
+import { DEFAULT_CONFIG, DEFAULT_LIMITS, type JobsConfig, type Limits, type ServerConfig } from "./config.js";
+import { jobComputers } from "./job-computers.js";
 import { Metrics } from "./metrics.js";
 import { type App, type AppContext, buildServer, type ServerState } from "./server.js";
 
@@ -17,11 +19,18 @@ export interface RunningServer {
   close: () => Promise<void>;
 }
 
-export function serverConfig(partial: Partial<ServerConfig> = {}): ServerConfig {
+/** Server settings where every group may be given in part; the rest are defaults. */
+export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "jobs">> & {
+  limits?: Partial<Limits>;
+  jobs?: Partial<JobsConfig>;
+};
+
+export function serverConfig(partial: ServerConfigInput = {}): ServerConfig {
   return {
     ...DEFAULT_CONFIG,
     ...partial,
     limits: { ...DEFAULT_LIMITS, ...partial.limits },
+    jobs: { ...DEFAULT_CONFIG.jobs, ...partial.jobs },
     scheduler: { ...DEFAULT_CONFIG.scheduler, ...partial.scheduler },
   };
 }
@@ -32,13 +41,19 @@ export function serverConfig(partial: Partial<ServerConfig> = {}): ServerConfig 
  */
 export async function startServer(
   specs: ModelSpec[],
-  partial: Partial<ServerConfig> = {},
+  partial: ServerConfigInput = {},
 ): Promise<RunningServer> {
   const config = serverConfig(partial);
   const registry = new ModelRegistry();
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
-  const ctx: AppContext = { config, registry, metrics, state };
+  const jobs = createJobSystem({
+    ...(config.jobs.redisUrl ? { redisUrl: config.jobs.redisUrl } : {}),
+    ...(config.jobs.resultsDir ? { resultsDir: config.jobs.resultsDir } : {}),
+    engine: { chunkSize: config.jobs.chunkSize, ttlSeconds: config.jobs.ttlSeconds },
+    chunkLockMs: config.jobs.chunkLockSeconds * 1000,
+  });
+  const ctx: AppContext = { config, registry, metrics, state, jobs };
   const app = await buildServer(ctx);
   const pool = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
     batchTimeoutMs: config.limits.requestTimeoutMs,
@@ -63,6 +78,8 @@ export async function startServer(
         app.log.info({ model: model.id, kind: model.kind, source: model.source }, "model ready");
       }
       state.ready = true;
+      // The API's own device workers take job chunks too, unless they are left to worker hosts.
+      if (config.jobs.concurrency > 0) jobs.engine.work(jobComputers(ctx), config.jobs.concurrency);
     } catch (err) {
       state.loadError = (err as Error).message;
       throw err;
@@ -77,6 +94,7 @@ export async function startServer(
       state.draining = true;
       await app.close();
       await loaded.catch(() => {});
+      await jobs.close();
       await registry.close();
       await executor.close();
     })();

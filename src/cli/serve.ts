@@ -39,6 +39,26 @@ const FLAGS: FlagSpecs = {
   "max-batch-size": { type: "string", help: "inputs per batch", default: "64" },
   "batch-window-ms": { type: "string", help: "how long a lone input waits for company", default: "2" },
   "max-queue": { type: "string", help: "inputs that may wait per model before 429s", default: "16384" },
+  "redis-url": {
+    type: "string",
+    help: "Redis for bulk jobs shared with other hosts (default: in-process queue)",
+  },
+  "results-dir": {
+    type: "string",
+    help: "job data in this directory (shared by all hosts) instead of Redis",
+  },
+  "job-concurrency": {
+    type: "string",
+    help: "job chunks this server computes at once (0: leave them to workers)",
+    default: "2",
+  },
+  "job-chunk-size": { type: "string", help: "inputs per job chunk", default: "1024" },
+  "job-ttl-hours": { type: "string", help: "hours finished jobs and their results are kept", default: "168" },
+  "chunk-lock-seconds": {
+    type: "string",
+    help: "a chunk whose worker went silent this long is retried",
+    default: "60",
+  },
   "log-level": { type: "string", help: "fatal, error, warn, info, debug", default: "info" },
   ...MODEL_FLAGS,
   verbose: { type: "boolean", help: "stack traces on errors" },
@@ -90,6 +110,14 @@ export async function serveCommand(argv: string[]): Promise<void> {
       maxRequestTokens: int(values, "max-request-tokens") ?? 2048 * 8192,
       bodyLimit: (int(values, "body-limit-mb") ?? 128) * 1024 * 1024,
       requestTimeoutMs: (int(values, "request-timeout") ?? 120) * 1000,
+    },
+    jobs: {
+      ...(str(values, "redis-url") ? { redisUrl: str(values, "redis-url") as string } : {}),
+      ...(str(values, "results-dir") ? { resultsDir: str(values, "results-dir") as string } : {}),
+      concurrency: int(values, "job-concurrency", 0) ?? 2,
+      chunkSize: int(values, "job-chunk-size") ?? 1024,
+      ttlSeconds: (int(values, "job-ttl-hours") ?? 168) * 3600,
+      chunkLockSeconds: int(values, "chunk-lock-seconds") ?? 60,
     },
     scheduler: {
       maxBatchTokens: int(values, "max-batch-tokens") ?? 16384,

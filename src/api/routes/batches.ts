@@ -1,0 +1,341 @@
+import { Readable } from "node:stream";
+import { type Static, Type as T } from "@sinclair/typebox";
+import type { FileRecord, JobRecord } from "../../jobs/types.js";
+import { ApiError, badRequest } from "../errors.js";
+import { openaiErrors } from "../schemas.js";
+import type { App, AppContext } from "../server.js";
+import { withJobs } from "./jobs.js";
+
+/**
+ * The OpenAI Files and Batch APIs for /v1/embeddings, so the official clients' files.create +
+ * batches.create flow runs here unchanged. A batch is a bulk job whose inputs are request lines.
+ */
+const FileObject = T.Object({
+  id: T.String(),
+  object: T.Literal("file"),
+  bytes: T.Integer(),
+  created_at: T.Integer(),
+  filename: T.String(),
+  purpose: T.String(),
+  status: T.String(),
+  status_details: T.Null(),
+});
+
+const BatchObject = T.Object(
+  {
+    id: T.String(),
+    object: T.Literal("batch"),
+    endpoint: T.String(),
+    errors: T.Union([
+      T.Object({
+        object: T.Literal("list"),
+        data: T.Array(T.Object({ code: T.String(), message: T.String() })),
+      }),
+      T.Null(),
+    ]),
+    input_file_id: T.String(),
+    completion_window: T.String(),
+    status: T.String(),
+    output_file_id: T.Union([T.String(), T.Null()]),
+    error_file_id: T.Union([T.String(), T.Null()]),
+    created_at: T.Integer(),
+    in_progress_at: T.Union([T.Integer(), T.Null()]),
+    expires_at: T.Union([T.Integer(), T.Null()]),
+    finalizing_at: T.Union([T.Integer(), T.Null()]),
+    completed_at: T.Union([T.Integer(), T.Null()]),
+    failed_at: T.Union([T.Integer(), T.Null()]),
+    expired_at: T.Null(),
+    cancelling_at: T.Union([T.Integer(), T.Null()]),
+    cancelled_at: T.Union([T.Integer(), T.Null()]),
+    request_counts: T.Object({ total: T.Integer(), completed: T.Integer(), failed: T.Integer() }),
+    metadata: T.Union([T.Record(T.String(), T.String()), T.Null()]),
+  },
+  { additionalProperties: true },
+);
+
+function fileObject(f: FileRecord): Static<typeof FileObject> {
+  return {
+    id: f.id,
+    object: "file",
+    bytes: f.bytes,
+    created_at: f.createdAt,
+    filename: f.filename,
+    purpose: f.purpose,
+    status: "processed",
+    status_details: null,
+  };
+}
+
+const STATUS: Record<JobRecord["status"], string> = {
+  preparing: "validating",
+  queued: "in_progress",
+  running: "in_progress",
+  completed: "completed",
+  failed: "failed",
+  cancelled: "cancelled",
+};
+
+function batchObject(j: JobRecord): Static<typeof BatchObject> {
+  const s = (ms: number | null) => (ms === null ? null : Math.floor(ms / 1000));
+  const created = Math.floor(j.createdAt / 1000);
+  const finished = s(j.finishedAt);
+  const done = j.status === "completed";
+  const metadata = j.meta.metadata ? (JSON.parse(j.meta.metadata) as Record<string, string>) : null;
+  return {
+    id: j.id,
+    object: "batch",
+    endpoint: j.meta.endpoint ?? "/v1/embeddings",
+    errors: j.errors.length
+      ? { object: "list", data: j.errors.map((message) => ({ code: "server_error", message })) }
+      : null,
+    input_file_id: j.meta.input_file_id ?? "",
+    completion_window: j.meta.completion_window ?? "24h",
+    status: STATUS[j.status],
+    output_file_id: done || j.status === "cancelled" ? `file-${j.id}-output` : null,
+    error_file_id: (done || j.status === "cancelled") && j.failed > 0 ? `file-${j.id}-errors` : null,
+    created_at: created,
+    in_progress_at: s(j.startedAt),
+    expires_at: created + 24 * 3600,
+    finalizing_at: done ? finished : null,
+    completed_at: done ? finished : null,
+    failed_at: j.status === "failed" ? finished : null,
+    expired_at: null,
+    cancelling_at: j.status === "cancelled" ? finished : null,
+    cancelled_at: j.status === "cancelled" ? finished : null,
+    request_counts: { total: j.total, completed: j.inputsDone - j.failed, failed: j.failed },
+    metadata,
+  };
+}
+
+const IdParam = T.Object({ id: T.String() });
+
+export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
+  const openai = { dialect: "openai" as const };
+
+  app.post(
+    "/v1/files",
+    {
+      schema: {
+        summary: "Upload a file (multipart: file, purpose), e.g. a Batch API input JSONL",
+        tags: ["Batch"],
+        consumes: ["multipart/form-data"],
+        response: { 200: FileObject, ...openaiErrors },
+      },
+      config: openai,
+    },
+    async (request) => {
+      if (!request.isMultipart())
+        throw badRequest("upload the file as multipart/form-data with fields file and purpose", "file");
+      let purpose = "batch";
+      let stored: FileRecord | undefined;
+      await withJobs(ctx, async (engine) => {
+        for await (const part of request.parts()) {
+          if (part.type === "field" && part.fieldname === "purpose") purpose = String(part.value);
+          else if (part.type === "file" && part.fieldname === "file") {
+            stored = await engine.putFile(request.owner, part.filename || "upload.jsonl", purpose, part.file);
+            if (part.file.truncated)
+              throw new ApiError(413, "the file is larger than the server accepts", {
+                code: "file_too_large",
+                param: "file",
+              });
+          }
+        }
+        if (stored && stored.purpose !== purpose) {
+          stored = { ...stored, purpose };
+          await engine.meta.putFile(stored);
+        }
+      });
+      if (!stored) throw badRequest('missing required field "file"', "file");
+      return fileObject(stored);
+    },
+  );
+
+  app.get(
+    "/v1/files",
+    {
+      schema: {
+        summary: "List the caller's files",
+        tags: ["Batch"],
+        response: {
+          200: T.Object({ object: T.Literal("list"), data: T.Array(FileObject), has_more: T.Boolean() }),
+          ...openaiErrors,
+        },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => ({
+        object: "list" as const,
+        data: (await engine.meta.listFiles(request.owner)).map(fileObject),
+        has_more: false,
+      })),
+  );
+
+  app.get(
+    "/v1/files/:id",
+    {
+      schema: {
+        summary: "A file's metadata",
+        tags: ["Batch"],
+        params: IdParam,
+        response: { 200: FileObject, ...openaiErrors },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => fileObject(await engine.getFile(request.owner, request.params.id))),
+  );
+
+  app.get(
+    "/v1/files/:id/content",
+    {
+      schema: {
+        summary: "A file's content (batch output and error files included)",
+        tags: ["Batch"],
+        params: IdParam,
+        response: openaiErrors,
+      },
+      config: openai,
+    },
+    async (request, reply) => {
+      const file = await withJobs(ctx, (engine) => engine.getFile(request.owner, request.params.id));
+      const engine = ctx.jobs?.engine;
+      if (!engine) throw new ApiError(503, "bulk jobs are not enabled on this server");
+      return reply.type("application/jsonl").send(Readable.from(engine.fileContent(file)));
+    },
+  );
+
+  app.delete(
+    "/v1/files/:id",
+    {
+      schema: {
+        summary: "Delete a file",
+        tags: ["Batch"],
+        params: IdParam,
+        response: {
+          200: T.Object({ id: T.String(), object: T.Literal("file"), deleted: T.Boolean() }),
+          ...openaiErrors,
+        },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => {
+        await engine.deleteFile(request.owner, request.params.id);
+        return { id: request.params.id, object: "file" as const, deleted: true };
+      }),
+  );
+
+  app.post(
+    "/v1/batches",
+    {
+      schema: {
+        summary: "Create a batch of /v1/embeddings requests from an uploaded JSONL file",
+        tags: ["Batch"],
+        body: T.Object(
+          {
+            input_file_id: T.String(),
+            endpoint: T.String(),
+            completion_window: T.String(),
+            metadata: T.Optional(T.Union([T.Record(T.String(), T.String()), T.Null()])),
+          },
+          { additionalProperties: true },
+        ),
+        response: { 200: BatchObject, ...openaiErrors },
+      },
+      config: openai,
+    },
+    async (request) => {
+      const b = request.body;
+      if (b.endpoint !== "/v1/embeddings") {
+        throw badRequest(`endpoint ${b.endpoint} is not supported here; use /v1/embeddings`, "endpoint");
+      }
+      if (b.completion_window !== "24h")
+        throw badRequest("completion_window must be 24h", "completion_window");
+      const job = await withJobs(ctx, async (engine) => {
+        const file = await engine.getFile(request.owner, b.input_file_id).catch(() => {
+          throw new ApiError(400, `input_file_id ${b.input_file_id} does not exist`, {
+            param: "input_file_id",
+          });
+        });
+        return engine.createBatchJob(request.owner, {
+          lines: engine.fileLines(file),
+          meta: {
+            input_file_id: b.input_file_id,
+            endpoint: b.endpoint,
+            completion_window: b.completion_window,
+            ...(b.metadata ? { metadata: JSON.stringify(b.metadata) } : {}),
+          },
+        });
+      });
+      return batchObject(job);
+    },
+  );
+
+  app.get(
+    "/v1/batches",
+    {
+      schema: {
+        summary: "List the caller's batches",
+        tags: ["Batch"],
+        response: {
+          200: T.Object({
+            object: T.Literal("list"),
+            data: T.Array(BatchObject),
+            first_id: T.Union([T.String(), T.Null()]),
+            last_id: T.Union([T.String(), T.Null()]),
+            has_more: T.Boolean(),
+          }),
+          ...openaiErrors,
+        },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => {
+        const data = (await engine.list(request.owner)).filter((j) => j.kind === "batch").map(batchObject);
+        return {
+          object: "list" as const,
+          data,
+          first_id: data[0]?.id ?? null,
+          last_id: data.at(-1)?.id ?? null,
+          has_more: false,
+        };
+      }),
+  );
+
+  app.get(
+    "/v1/batches/:id",
+    {
+      schema: {
+        summary: "A batch",
+        tags: ["Batch"],
+        params: IdParam,
+        response: { 200: BatchObject, ...openaiErrors },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => {
+        const job = await engine.get(request.owner, request.params.id);
+        if (job.kind !== "batch")
+          throw new ApiError(404, `batch ${request.params.id} not found`, { code: "not_found" });
+        return batchObject(job);
+      }),
+  );
+
+  app.post(
+    "/v1/batches/:id/cancel",
+    {
+      schema: {
+        summary: "Cancel a batch",
+        tags: ["Batch"],
+        params: IdParam,
+        response: { 200: BatchObject, ...openaiErrors },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => batchObject(await engine.cancel(request.owner, request.params.id))),
+  );
+}

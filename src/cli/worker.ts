@@ -1,0 +1,88 @@
+import { jobComputers } from "../api/job-computers.js";
+import { Metrics } from "../api/metrics.js";
+import { serverConfig } from "../api/start.js";
+import { createJobSystem } from "../jobs/system.js";
+import { ModelRegistry, type ModelSpec, parseModelArg, serveModels } from "../serving/models.js";
+import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
+import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
+import { MODEL_FLAGS, modelOptions } from "./model-flags.js";
+
+const FLAGS: FlagSpecs = {
+  "redis-url": { type: "string", help: "Redis holding the job queue (required)" },
+  model: {
+    type: "string",
+    multiple: true,
+    help: "model to serve jobs for, ID_OR_DIR[=ALIAS] as the API names it; repeatable",
+  },
+  concurrency: { type: "string", help: "chunks computed at once", default: "2" },
+  "results-dir": { type: "string", help: "job data directory shared with the API (default: in Redis)" },
+  "chunk-lock-seconds": {
+    type: "string",
+    help: "how long a chunk is held before others may take it back",
+    default: "60",
+  },
+  ...MODEL_FLAGS,
+  verbose: { type: "boolean", help: "stack traces on errors" },
+  help: { type: "boolean", short: "h", help: "show this help" },
+};
+
+export const WORKER_USAGE = helpText(
+  "Usage: flagserve worker --redis-url redis://HOST:6379 --model ID_OR_DIR[=ALIAS] ... [--devices cuda:0,cuda:1]\n\n" +
+    "Computes bulk-job chunks from the shared queue on this machine's devices; run one per GPU host.",
+  FLAGS,
+);
+
+export async function workerCommand(argv: string[]): Promise<void> {
+  const { values } = parseFlags(argv, FLAGS);
+  if (bool(values, "help")) {
+    process.stdout.write(WORKER_USAGE);
+    return;
+  }
+  const redisUrl = str(values, "redis-url");
+  if (!redisUrl) throw new UsageError("--redis-url is required: workers take chunks from the shared queue");
+  const models = list(values, "model");
+  if (models.length === 0) throw new UsageError("--model is required (the models the API serves jobs for)");
+  const specs: ModelSpec[] = models.map((arg) => {
+    const { source, alias } = parseModelArg(arg);
+    return { source, ...(alias ? { alias } : {}), options: modelOptions(values, source) };
+  });
+  const log = (msg: string) => process.stderr.write(`flagserve worker: ${msg}\n`);
+  const config = serverConfig({ devices: str(values, "devices") ?? "cpu" });
+  const metrics = new Metrics();
+  const registry = new ModelRegistry();
+  const executor = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
+    onEvent: (event, detail) => log(`${event} ${JSON.stringify(detail)}`),
+  });
+  const infos = await executor.load(specs);
+  for (const m of await serveModels(infos, specs, executor, config.scheduler, (id) =>
+    metrics.batchObserver(() => id),
+  )) {
+    registry.add(m);
+  }
+  const resultsDir = str(values, "results-dir");
+  const jobs = createJobSystem({
+    redisUrl,
+    ...(resultsDir ? { resultsDir } : {}),
+    chunkLockMs: (int(values, "chunk-lock-seconds") ?? 60) * 1000,
+  });
+  const state = { ready: true, draining: false };
+  jobs.engine.work(jobComputers({ config, registry, metrics, state }), int(values, "concurrency") ?? 2);
+  log(`taking chunks for ${registry.models.map((m) => m.id).join(", ")} on ${config.devices}`);
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log(`${signal}: finishing the chunks in hand`);
+    (async () => {
+      await jobs.close();
+      await registry.close();
+      await executor.close();
+    })().then(
+      () => process.exit(0),
+      () => process.exit(1),
+    );
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}
