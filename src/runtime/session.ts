@@ -1,5 +1,8 @@
+import { existsSync, readdirSync } from "node:fs";
 import { access } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { cpus } from "node:os";
+import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { FlagserveError } from "./errors.js";
 import type { Encoding, Side } from "./tokenizer.js";
@@ -33,9 +36,21 @@ export interface SessionOptions {
   spinning?: boolean;
 }
 
-/** Whether this onnxruntime-node build ships the CUDA execution provider's library. */
+/**
+ * Whether the CUDA execution provider's library sits beside the onnxruntime-node binding: it is
+ * not in the npm package; the package's install script downloads it (ONNXRUNTIME_NODE_INSTALL=cuda12).
+ */
 export function cudaAvailable(): boolean {
-  return ort.listSupportedBackends().some((b) => b.name === "cuda" && b.bundled);
+  if (ort.listSupportedBackends().some((b) => b.name === "cuda" && b.bundled)) return true;
+  try {
+    const pkg = dirname(createRequire(import.meta.url).resolve("onnxruntime-node/package.json"));
+    const bin = join(pkg, "bin");
+    return readdirSync(bin).some((napi) =>
+      existsSync(join(bin, napi, process.platform, process.arch, "libonnxruntime_providers_cuda.so")),
+    );
+  } catch {
+    return false;
+  }
 }
 
 /** An ONNX Runtime inference session with the inputs and outputs of its graph. */
@@ -77,8 +92,9 @@ export class OnnxSession {
       throw new FlagserveError(
         "device",
         `device ${deviceName(device)} requested, but this onnxruntime-node install has no CUDA execution provider ` +
-          "(it was installed with ONNXRUNTIME_NODE_INSTALL=skip or without CUDA 12); reinstall onnxruntime-node " +
-          "with its CUDA binaries (npm rebuild onnxruntime-node with network access) or use --devices cpu",
+          "(libonnxruntime_providers_cuda.so is missing: it was installed with ONNXRUNTIME_NODE_INSTALL=skip); " +
+          "fetch it with ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install.js " +
+          "(needs network access and CUDA 12 + cuDNN 9), or use --devices cpu",
       );
     }
     try {
