@@ -85,6 +85,12 @@ export async function serveCommand(argv: string[]): Promise<void> {
     throw new UsageError("--input-type must be passage or query");
   const port = int(values, "port", 0) ?? 8080;
 
+  const perModel = new Map<string, InputType>();
+  for (const entry of list(values, "model-input-type")) {
+    const m = /^(.+)=(query|passage)$/.exec(entry);
+    if (!m) throw new UsageError(`--model-input-type takes NAME=query or NAME=passage, got "${entry}"`);
+    perModel.set(m[1] as string, m[2] as InputType);
+  }
   const models = list(values, "model").length ? list(values, "model") : [DEFAULT_MODEL];
   const specs: ModelSpec[] = models.map((arg) => {
     const { source, alias } = parseModelArg(arg);
@@ -92,7 +98,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
       source,
       ...(alias ? { alias } : {}),
       options: modelOptions(values, source),
-      defaultInputType: inputType as InputType,
+      defaultInputType: perModel.get(alias ?? source) ?? perModel.get(source) ?? (inputType as InputType),
     };
   });
 

@@ -8,7 +8,7 @@ import {
   type EncodeOptions,
   type ResolvedEncode,
 } from "./abs-embedder.js";
-import { type LoadedModel, loadModel } from "./loader.js";
+import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
 import { lengthSortedOrder, type Pooling, poolHidden, realSpan } from "./pooling.js";
 
 export interface FlagModelOptions extends EmbedderOptions {
@@ -41,9 +41,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     const outputs = model.sessions[0]?.outputNames ?? [];
     this.prePooled = outputs.includes("sentence_embedding");
     this.hiddenName = HIDDEN_OUTPUTS.find((n) => outputs.includes(n));
-    this.outputName = this.prePooled
-      ? "sentence_embedding"
-      : (HIDDEN_OUTPUTS.find((n) => outputs.includes(n)) ?? (outputs[0] as string));
+    this.outputName = this.prePooled ? "sentence_embedding" : (this.hiddenName ?? (outputs[0] as string));
   }
 
   /** Load a model directory or hub id; the first encode runs here, so a broken graph fails now. */
@@ -85,8 +83,8 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     return t === null ? this.dimension : Math.min(t, this.dimension);
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.model.sessions.map((s) => s.release()));
+  close(): Promise<void> {
+    return releaseModel(this.model);
   }
 
   /** One forward pass at load time: learns the output width and warms the session up. */

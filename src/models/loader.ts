@@ -115,3 +115,8 @@ export async function loadModel(
 export function describeDevices(devices: Device[]): string {
   return devices.map(deviceName).join(",");
 }
+
+/** Release every ONNX session of a loaded model. */
+export async function releaseModel(model: LoadedModel): Promise<void> {
+  await Promise.all(model.sessions.map((s) => s.release()));
+}

@@ -14,7 +14,7 @@ import {
   type EncodeOptions,
   type ResolvedEncode,
 } from "./abs-embedder.js";
-import { type LoadedModel, loadModel } from "./loader.js";
+import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
 import { positiveInt } from "./options.js";
 import { lengthSortedOrder, realSpan } from "./pooling.js";
 
@@ -153,8 +153,8 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
     return this.colbertDims;
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.model.sessions.map((s) => s.release()));
+  close(): Promise<void> {
+    return releaseModel(this.model);
   }
 
   /** Dense (cls) vectors of tokenized inputs, not truncated or normalised: the server's unit of work. */

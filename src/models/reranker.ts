@@ -8,7 +8,7 @@ import {
   type SentencePair,
   sigmoid,
 } from "./abs-reranker.js";
-import { type LoadedModel, loadModel } from "./loader.js";
+import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
 import { lengthSortedOrder } from "./pooling.js";
 
 /**
@@ -87,8 +87,8 @@ export class FlagReranker extends AbsReranker {
     return this.model;
   }
 
-  async close(): Promise<void> {
-    await Promise.all(this.model.sessions.map((s) => s.release()));
+  close(): Promise<void> {
+    return releaseModel(this.model);
   }
 
   /** FlagEmbedding's pair encoding with this model's tokenizer and limits. */
