@@ -1,11 +1,15 @@
 // The CUDA execution provider with the fp16 variant: same vectors as the CPU (fp32) within fp16
 // error, the fp16 graph chosen automatically, and a server whose device worker owns the GPU.
-import { FlagModel } from "../src/models/encoder-only.js";
+
 import { startServer } from "../src/api/start.js";
+import { FlagModel } from "../src/models/encoder-only.js";
 import { dot } from "../src/runtime/matrix.js";
 
 const dir = "test/fixtures/models/tiny-bge";
-const texts = Array.from({ length: 256 }, (_, i) => `passage ${i} about retrieval and embeddings ${"x ".repeat(i % 50)}`);
+const texts = Array.from(
+  { length: 256 },
+  (_, i) => `passage ${i} about retrieval and embeddings ${"x ".repeat(i % 50)}`,
+);
 
 const cpu = await FlagModel.load(dir, { poolingMethod: "cls", devices: "cpu" });
 const gpu = await FlagModel.load(dir, { poolingMethod: "cls", devices: "cuda:0" });
@@ -33,7 +37,9 @@ const res = await fetch(`${server.url}/v1/embeddings`, {
   body: JSON.stringify({ model: "tiny", input: texts }),
 });
 const ready = await (await fetch(`${server.url}/ready`)).json();
-console.log(`server on cuda:0: HTTP ${res.status}, workers ${JSON.stringify((ready as { workers: unknown }).workers)}`);
+console.log(
+  `server on cuda:0: HTTP ${res.status}, workers ${JSON.stringify((ready as { workers: unknown }).workers)}`,
+);
 await server.close();
 if (res.status !== 200) process.exit(1);
 console.log("gpu-check: OK");

@@ -218,15 +218,27 @@ describe("model names and per-model defaults", () => {
     );
     try {
       await server.loaded;
-      const other = await post(`${server.url}/v1/embeddings`, { model: "text-embedding-3-small", input: "x" });
+      const other = await post(`${server.url}/v1/embeddings`, {
+        model: "text-embedding-3-small",
+        input: "x",
+      });
       assert.equal(other.status, 404);
       const body = (await other.json()) as { error: { code: string; param: string } };
       assert.equal(body.error.code, "model_not_found");
       assert.equal(body.error.param, "model");
       const vec = async (extra: Record<string, unknown>) =>
-        ((await (await post(`${server.url}/v1/embeddings`, { model: "q-model", input: "x", encoding_format: "float", ...extra })).json()) as {
-          data: { embedding: number[] }[];
-        }).data[0]?.embedding;
+        (
+          (await (
+            await post(`${server.url}/v1/embeddings`, {
+              model: "q-model",
+              input: "x",
+              encoding_format: "float",
+              ...extra,
+            })
+          ).json()) as {
+            data: { embedding: number[] }[];
+          }
+        ).data[0]?.embedding;
       assert.deepEqual(await vec({}), await vec({ input_type: "query" }), "the model's default is query");
       assert.notDeepEqual(await vec({}), await vec({ input_type: "passage" }));
     } finally {
