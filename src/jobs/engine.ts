@@ -134,7 +134,9 @@ export class JobEngine {
     }
     const ready: Partial<JobRecord> = { total, chunks, status: total === 0 ? "completed" : "queued" };
     if (total === 0) ready.finishedAt = Date.now();
-    await this.meta.patchJob(record.id, ready);
+    // A job cancelled while its inputs were still being stored stays cancelled.
+    if (!(await this.meta.patchJob(record.id, ready, ["preparing"])))
+      return this.meta.getJob(record.id) as Promise<JobRecord>;
     if (chunks > 0) await this.queue.add(record.id, chunks);
     return { ...record, ...ready };
   }
@@ -181,13 +183,17 @@ export class JobEngine {
     return this.get(owner, id);
   }
 
-  /** Move a job to a final status once, and let it and its data expire. */
+  /** Move a job to a final status once (the first of racing finishers wins), and let it expire. */
   private async finish(id: string, status: JobStatus, error?: string): Promise<void> {
-    const job = await this.meta.getJob(id);
-    if (!job || TERMINAL.has(job.status)) return;
     const now = Date.now();
     const ttl = this.options.ttlSeconds;
-    await this.meta.patchJob(id, { status, finishedAt: now, expiresAt: Math.floor(now / 1000) + ttl });
+    const open = ["preparing", "queued", "running"] as const;
+    const moved = await this.meta.patchJob(
+      id,
+      { status, finishedAt: now, expiresAt: Math.floor(now / 1000) + ttl },
+      open,
+    );
+    if (!moved) return;
     if (error) await this.meta.addError(id, error);
     await this.meta.expireJob(id, ttl);
     await this.blobs.expirePrefix(`job:${id}:`, ttl);
@@ -204,8 +210,8 @@ export class JobEngine {
     const job = await this.meta.getJob(task.job);
     // A cancelled, failed or expired job's chunks are dropped, not computed.
     if (!job || TERMINAL.has(job.status)) return;
-    if (job.status !== "running")
-      await this.meta.patchJob(job.id, { status: "running", startedAt: job.startedAt ?? Date.now() });
+    if (job.status === "queued")
+      await this.meta.patchJob(job.id, { status: "running", startedAt: Date.now() }, ["queued"]);
     const stored = await this.blobs.get(keys.input(job.id, task.chunk));
     if (!stored) {
       await this.finish(job.id, "failed", `the inputs of chunk ${task.chunk} are missing from the store`);

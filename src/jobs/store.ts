@@ -1,7 +1,7 @@
 import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Redis } from "ioredis";
-import type { FileRecord, JobRecord } from "./types.js";
+import type { FileRecord, JobRecord, JobStatus } from "./types.js";
 
 /**
  * Job inputs, results and uploaded files. Redis when API servers and workers are on different
@@ -92,7 +92,12 @@ export class DirBlobStore implements BlobStore {
 export interface MetaStore {
   putJob(job: JobRecord): Promise<void>;
   getJob(id: string): Promise<JobRecord | undefined>;
-  patchJob(id: string, patch: Partial<JobRecord>): Promise<void>;
+  /**
+   * Merge fields into a job record; with `onlyFrom`, only while its status is one of those
+   * (status moves are compare-and-set, so a late chunk cannot reopen a finished job).
+   * Returns whether the record was changed.
+   */
+  patchJob(id: string, patch: Partial<JobRecord>, onlyFrom?: readonly JobStatus[]): Promise<boolean>;
   /**
    * Record a finished chunk once: counters move only the first time a chunk is marked, so a
    * retried chunk never counts twice. Returns the number of chunks done.
@@ -126,6 +131,12 @@ const PATCH_JSON = `
 local json = redis.call('HGET', KEYS[1], 'json')
 if not json then return 0 end
 local record = cjson.decode(json)
+local allowed = cjson.decode(ARGV[2])
+if #allowed > 0 then
+  local ok = false
+  for _, s in ipairs(allowed) do if record.status == s then ok = true end end
+  if not ok then return 0 end
+end
 for k, v in pairs(cjson.decode(ARGV[1])) do record[k] = v end
 redis.call('HSET', KEYS[1], 'json', cjson.encode(record))
 return 1`;
@@ -171,10 +182,21 @@ export class RedisMetaStore implements MetaStore {
     };
   }
 
-  async patchJob(id: string, patch: Partial<JobRecord>): Promise<void> {
+  async patchJob(
+    id: string,
+    patch: Partial<JobRecord>,
+    onlyFrom: readonly JobStatus[] = [],
+  ): Promise<boolean> {
     const { tokens: _t, failed: _f, chunksDone: _c, inputsDone: _i, errors: _e, ...rest } = patch;
     // Merged inside Redis, so concurrent patches from any host never lose each other's fields.
-    await this.redis.eval(PATCH_JSON, 1, this.jobKey(id), JSON.stringify(rest));
+    const changed = await this.redis.eval(
+      PATCH_JSON,
+      1,
+      this.jobKey(id),
+      JSON.stringify(rest),
+      JSON.stringify(onlyFrom),
+    );
+    return Number(changed) === 1;
   }
 
   async markChunk(
@@ -266,9 +288,15 @@ export class MemoryMetaStore implements MetaStore {
     return j ? structuredClone(j) : undefined;
   }
 
-  async patchJob(id: string, patch: Partial<JobRecord>): Promise<void> {
+  async patchJob(
+    id: string,
+    patch: Partial<JobRecord>,
+    onlyFrom: readonly JobStatus[] = [],
+  ): Promise<boolean> {
     const j = this.jobs.get(id);
-    if (j) Object.assign(j, patch);
+    if (!j || (onlyFrom.length > 0 && !onlyFrom.includes(j.status))) return false;
+    Object.assign(j, patch);
+    return true;
   }
 
   async markChunk(
