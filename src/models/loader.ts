@@ -8,7 +8,7 @@ import {
   type OnnxChoice,
   parseDtype,
 } from "../runtime/model-dir.js";
-import { type Device, deviceName, OnnxSession, parseDevice } from "../runtime/session.js";
+import { type Device, OnnxSession, parseDevice } from "../runtime/session.js";
 import { TextTokenizer } from "../runtime/tokenizer.js";
 
 /** How a model is found and run: shared by every embedder and reranker class. */
@@ -110,10 +110,6 @@ export async function loadModel(
   );
   const maxLength = limits.length ? Math.min(...limits) : undefined;
   return { dir, tokenizer, sessions, devices, onnx, maxLength };
-}
-
-export function describeDevices(devices: Device[]): string {
-  return devices.map(deviceName).join(",");
 }
 
 /** Release every ONNX session of a loaded model. */

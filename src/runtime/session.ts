@@ -1,7 +1,6 @@
 import { existsSync, readdirSync } from "node:fs";
 import { access } from "node:fs/promises";
 import { createRequire } from "node:module";
-import { cpus } from "node:os";
 import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { FlagserveError } from "./errors.js";
@@ -222,9 +221,4 @@ export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
     else out[i] = s * 2 ** (e - 15) * (1 + f / 1024);
   }
   return out;
-}
-
-/** Physical-ish core count for default thread splits. */
-export function defaultThreads(): number {
-  return Math.max(1, cpus().length);
 }
