@@ -460,3 +460,28 @@ describe("jobs without Redis (embedded queue)", () => {
     }
   });
 });
+
+test("an upload over the size limit is refused with 413 and not kept", async () => {
+  const server = await startServer(
+    [{ source: modelPath("tiny-bge"), alias: "tiny", options: { poolingMethod: "cls" } }],
+    {
+      host: "127.0.0.1",
+      port: 0,
+      logLevel: "warn",
+      limits: { uploadBytes: 1000 },
+    },
+  );
+  try {
+    await server.loaded;
+    const form = new FormData();
+    form.append("purpose", "batch");
+    form.append("file", new Blob([`${JSON.stringify("x".repeat(100))}\n`.repeat(100)]), "big.jsonl");
+    const res = await call(server.url, "/v1/files", { method: "POST", body: form });
+    assert.equal(res.status, 413);
+    assert.equal((await json<{ error: { code: string } }>(res)).error.code, "file_too_large");
+    const files = await json<{ data: unknown[] }>(await call(server.url, "/v1/files"));
+    assert.equal(files.data.length, 0);
+  } finally {
+    await server.close();
+  }
+});

@@ -133,11 +133,14 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
           if (part.type === "field" && part.fieldname === "purpose") purpose = String(part.value);
           else if (part.type === "file" && part.fieldname === "file") {
             stored = await engine.putFile(request.owner, part.filename || "upload.jsonl", purpose, part.file);
-            if (part.file.truncated)
+            if (part.file.truncated) {
+              // The stream stopped at the size limit: what was stored is not the whole file.
+              await engine.deleteFile(request.owner, stored.id);
               throw new ApiError(413, "the file is larger than the server accepts", {
                 code: "file_too_large",
                 param: "file",
               });
+            }
           }
         }
         if (stored && stored.purpose !== purpose) {
