@@ -3,6 +3,7 @@ import type { RerankerOptions } from "./abs-reranker.js";
 import {
   AUTO_RERANKER_MAPPING,
   mappingKey,
+  parseModelClass,
   type RerankerConfig,
   RerankerModelClass,
   supportRerankerModelList,
@@ -19,17 +20,6 @@ export interface AutoRerankerOptions extends RerankerOptions {
 /** The reranker classes this build can instantiate. */
 export type Reranker = FlagReranker;
 
-function parseModelClass(value: string): RerankerModelClass {
-  const known = Object.values(RerankerModelClass) as string[];
-  if (!known.includes(value)) {
-    throw new FlagserveError(
-      "invalid_input",
-      `unknown modelClass "${value}"; expected one of ${known.join(", ")}`,
-    );
-  }
-  return value as RerankerModelClass;
-}
-
 /** FlagEmbedding's FlagAutoReranker: picks the reranker class by model name. */
 export class FlagAutoReranker {
   private constructor() {
@@ -45,7 +35,7 @@ export class FlagAutoReranker {
     if (options.modelClass !== undefined) {
       return {
         name,
-        modelClass: parseModelClass(options.modelClass),
+        modelClass: parseModelClass(options.modelClass, RerankerModelClass),
         trustRemoteCode: options.trustRemoteCode ?? false,
         org: mapped?.org ?? "",
       };

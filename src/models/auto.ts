@@ -6,6 +6,7 @@ import {
   type EmbedderConfig,
   EmbedderModelClass,
   mappingKey,
+  parseModelClass,
   supportModelList,
 } from "./mapping.js";
 import type { Pooling } from "./pooling.js";
@@ -28,17 +29,6 @@ const DEFAULT_POOLING: Record<EmbedderModelClass, Pooling> = {
   "decoder-only-pseudo_moe": "last_token",
 };
 
-function parseModelClass(value: string): EmbedderModelClass {
-  const known = Object.values(EmbedderModelClass) as string[];
-  if (!known.includes(value)) {
-    throw new FlagserveError(
-      "invalid_input",
-      `unknown modelClass "${value}"; expected one of ${known.join(", ")}`,
-    );
-  }
-  return value as EmbedderModelClass;
-}
-
 /** FlagEmbedding's FlagAutoModel: picks the embedder class, pooling and instruction format by model name. */
 export class FlagAutoModel {
   private constructor() {
@@ -52,7 +42,7 @@ export class FlagAutoModel {
   ): EmbedderConfig & { name: string } {
     const name = mappingKey(nameOrPath);
     if (options.modelClass !== undefined) {
-      const modelClass = parseModelClass(options.modelClass);
+      const modelClass = parseModelClass(options.modelClass, EmbedderModelClass);
       return {
         name,
         modelClass,

@@ -1,3 +1,4 @@
+import { FlagserveError } from "../runtime/errors.js";
 import type { Pooling } from "./pooling.js";
 
 /** FlagEmbedding's EmbedderModelClass values. */
@@ -196,4 +197,16 @@ export function defaultInstructions(name: string): DefaultInstructions {
   // Instruction-tuned decoder and e5-instruct models expect a task description with every query.
   if (config && config.queryInstructionFormat !== "{}{}") return { query: WEB_SEARCH };
   return {};
+}
+
+/** Check a modelClass option against one of the class enums above. */
+export function parseModelClass<T extends string>(value: string, classes: Record<string, T>): T {
+  const known = Object.values(classes) as string[];
+  if (!known.includes(value)) {
+    throw new FlagserveError(
+      "invalid_input",
+      `unknown modelClass "${value}"; expected one of ${known.join(", ")}`,
+    );
+  }
+  return value as T;
 }
