@@ -1,28 +1,30 @@
 #!/usr/bin/env node
 import { UsageError } from "./cli/args.js";
-import { DOWNLOAD_USAGE, downloadCommand } from "./cli/download.js";
-import { EMBED_USAGE, embedCommand } from "./cli/embed.js";
-import { JOBS_USAGE, jobsCommand } from "./cli/jobs.js";
-import { SERVE_USAGE, serveCommand } from "./cli/serve.js";
-import { WORKER_USAGE, workerCommand } from "./cli/worker.js";
 import { isFlagserveError } from "./runtime/errors.js";
 
-const COMMANDS: Record<string, { run: (argv: string[]) => Promise<void>; usage: string; summary: string }> = {
+type Run = (argv: string[]) => Promise<void>;
+
+// Commands load only their own modules: `serve` must not map ONNX Runtime into the HTTP process
+// (the device workers hold the models), and `jobs` is a plain HTTP client.
+const COMMANDS: Record<string, { load: () => Promise<Run>; summary: string }> = {
   serve: {
-    run: serveCommand,
-    usage: SERVE_USAGE,
+    load: async () => (await import("./cli/serve.js")).serveCommand,
     summary: "start the HTTP server (OpenAI, Cohere/Jina, TEI APIs)",
   },
   worker: {
-    run: workerCommand,
-    usage: WORKER_USAGE,
+    load: async () => (await import("./cli/worker.js")).workerCommand,
     summary: "compute bulk-job chunks from Redis on this host's devices",
   },
-  jobs: { run: jobsCommand, usage: JOBS_USAGE, summary: "submit bulk jobs, follow them, download results" },
-  embed: { run: embedCommand, usage: EMBED_USAGE, summary: "embed stdin lines to JSONL" },
+  jobs: {
+    load: async () => (await import("./cli/jobs.js")).jobsCommand,
+    summary: "submit bulk jobs, follow them, download results",
+  },
+  embed: {
+    load: async () => (await import("./cli/embed.js")).embedCommand,
+    summary: "embed stdin lines to JSONL",
+  },
   download: {
-    run: downloadCommand,
-    usage: DOWNLOAD_USAGE,
+    load: async () => (await import("./cli/download.js")).downloadCommand,
     summary: "pre-fetch a model into the Hugging Face cache",
   },
 };
@@ -47,7 +49,7 @@ async function main(argv: string[]): Promise<number> {
   }
   const verbose = rest.includes("--verbose") || /^(1|true)$/i.test(process.env.FLAGSERVE_VERBOSE ?? "");
   try {
-    await command.run(rest);
+    await (await command.load())(rest);
     return 0;
   } catch (err) {
     if (err instanceof UsageError) {

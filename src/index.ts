@@ -1,11 +1,33 @@
-// The library: FlagEmbedding's classes on ONNX Runtime.
+// The library: FlagEmbedding's classes on ONNX Runtime, imported as Python users import them from
+// FlagEmbedding. The HTTP server is the separate entry point "flagserve/server".
 
-export { startServer } from "./api/start.js";
-export type { AbsEmbedder, EmbedderOptions, EncodeOptions } from "./models/abs-embedder.js";
+export {
+  AbsEmbedder,
+  type EmbedderOptions,
+  type EncodeOptions,
+  type ResolvedEmbedderOptions,
+} from "./models/abs-embedder.js";
+export {
+  AbsReranker,
+  type RerankerOptions,
+  type ScoreOptions,
+  type SentencePair,
+} from "./models/abs-reranker.js";
 export { type AutoModelOptions, type Embedder, FlagAutoModel } from "./models/auto.js";
+export { type AutoRerankerOptions, FlagAutoReranker, type Reranker } from "./models/auto-reranker.js";
 export { FlagModel, type FlagModelOptions } from "./models/encoder-only.js";
 export { formatInstruction } from "./models/instruction.js";
 export type { RuntimeOptions } from "./models/loader.js";
+export {
+  BGEM3FlagModel,
+  type M3EncodeOptions,
+  type M3Options,
+  type M3Output,
+  type M3PairScores,
+  type M3ScoreOptions,
+  type M3Scores,
+  type M3Single,
+} from "./models/m3.js";
 export {
   AUTO_EMBEDDER_MAPPING,
   AUTO_RERANKER_MAPPING,
@@ -15,7 +37,9 @@ export {
   supportNativeBgeModelList,
   supportRerankerModelList,
 } from "./models/mapping.js";
-export { openEmbedder } from "./models/open.js";
+export { openEmbedder, openModel, openReranker } from "./models/open.js";
+export { FlagReranker } from "./models/reranker.js";
+export { type LexicalWeights, sigmoid } from "./models/scoring.js";
 export { type ErrorKind, FlagserveError } from "./runtime/errors.js";
 export type { HubOptions } from "./runtime/hub.js";
 export { Float32Matrix } from "./runtime/matrix.js";

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import OpenAI from "openai";
 import { type RunningServer, startServer } from "../src/api/start.js";
-import type { ModelSpec } from "../src/serving/models.js";
+import type { ModelSpec } from "../src/serving/executor.js";
 import { modelPath, ROOT, tempDir } from "./helpers.js";
 import { commitSha, FakeHub, filesOf } from "./support/fake-hub.js";
 
@@ -95,6 +95,7 @@ describe("saturation and deadlines", () => {
         metrics,
         /flagserve_http_requests_total\{route="\/v1\/embeddings",method="POST",status="429"\} \d+/,
       );
+      assert.match(metrics, /flagserve_rejected_total\{model="tiny",reason="queue_full"\} [1-9]/);
     } finally {
       await server.close();
     }
@@ -113,6 +114,8 @@ describe("saturation and deadlines", () => {
       assert.equal(res.status, 503);
       assert.ok(Date.now() - started < 2000);
       assert.equal(((await res.json()) as { error: { code: string } }).error.code, "timeout");
+      const metrics = await (await fetch(`${server.url}/metrics`)).text();
+      assert.match(metrics, /flagserve_rejected_total\{model="tiny",reason="deadline"\} 1/);
     } finally {
       await server.close();
     }

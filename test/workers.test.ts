@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { type RunningServer, startServer } from "../src/api/start.js";
-import type { ModelSpec } from "../src/serving/models.js";
+import type { ModelSpec } from "../src/serving/executor.js";
 import { parseWorkerDevices } from "../src/serving/worker-pool.js";
 import { maxAbsDiff, modelPath } from "./helpers.js";
 

@@ -1,7 +1,7 @@
-import { ModelRegistry } from "../serving/models.js";
-import { Metrics } from "./metrics.js";
+import { serverConfig } from "../config.js";
+import { Metrics } from "../serving/metrics.js";
+import { ModelRegistry } from "../serving/registry.js";
 import { buildServer } from "./server.js";
-import { serverConfig } from "./start.js";
 
 /** The OpenAPI document of the routes, generated from their schemas (no model needs to be loaded). */
 export async function openApiDocument(): Promise<unknown> {

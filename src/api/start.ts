@@ -1,12 +1,14 @@
 import type { AddressInfo } from "node:net";
+import { type ServerConfigInput, serverConfig } from "../config.js";
+import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
-import type { Executor } from "../serving/executor.js";
-import { ModelRegistry, type ModelSpec, serveModels } from "../serving/models.js";
+import type { Executor, ModelSpec } from "../serving/executor.js";
+import { serveModels } from "../serving/load.js";
+import { Metrics } from "../serving/metrics.js";
+import { ModelRegistry } from "../serving/registry.js";
 import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
-import { DEFAULT_CONFIG, DEFAULT_LIMITS, type JobsConfig, type Limits, type ServerConfig } from "./config.js";
-import { jobComputers } from "./job-computers.js";
-import { Metrics } from "./metrics.js";
-import { type App, type AppContext, buildServer, type ServerState } from "./server.js";
+import type { App, AppContext, ServerState } from "./context.js";
+import { buildServer } from "./server.js";
 
 export interface RunningServer {
   app: App;
@@ -17,22 +19,6 @@ export interface RunningServer {
   loaded: Promise<void>;
   /** Stop accepting, finish in-flight requests, stop the device workers. */
   close: () => Promise<void>;
-}
-
-/** Server settings where every group may be given in part; the rest are defaults. */
-export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "jobs">> & {
-  limits?: Partial<Limits>;
-  jobs?: Partial<JobsConfig>;
-};
-
-export function serverConfig(partial: ServerConfigInput = {}): ServerConfig {
-  return {
-    ...DEFAULT_CONFIG,
-    ...partial,
-    limits: { ...DEFAULT_LIMITS, ...partial.limits },
-    jobs: { ...DEFAULT_CONFIG.jobs, ...partial.jobs },
-    scheduler: { ...DEFAULT_CONFIG.scheduler, ...partial.scheduler },
-  };
 }
 
 /**
@@ -47,15 +33,12 @@ export async function startServer(
   const registry = new ModelRegistry();
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
-  const jobs = createJobSystem({
-    ...(config.jobs.redisUrl ? { redisUrl: config.jobs.redisUrl } : {}),
-    ...(config.jobs.resultsDir ? { resultsDir: config.jobs.resultsDir } : {}),
-    engine: { chunkSize: config.jobs.chunkSize, ttlSeconds: config.jobs.ttlSeconds },
-    chunkLockMs: config.jobs.chunkLockSeconds * 1000,
-  });
-  const ctx: AppContext = { config, registry, metrics, state, jobs };
+  const ctx: AppContext = { config, registry, metrics, state };
   const app = await buildServer(ctx);
+  const jobs = createJobSystem(config.jobs, (message, detail) => app.log.warn(detail ?? {}, message));
+  ctx.jobs = jobs;
   const pool = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
+    inflightPerWorker: config.pool.inflightPerWorker,
     batchTimeoutMs: config.limits.requestTimeoutMs,
     waitForWorkerMs: config.limits.requestTimeoutMs,
     onEvent: (event, detail) => app.log.warn(detail, event),
@@ -70,9 +53,7 @@ export async function startServer(
   const loaded = (async () => {
     try {
       const infos = await executor.load(specs);
-      const served = await serveModels(infos, specs, executor, config.scheduler, (id) =>
-        metrics.batchObserver(() => id),
-      );
+      const served = await serveModels(infos, specs, executor, config.scheduler, metrics);
       for (const model of served) {
         registry.add(model);
         app.log.info({ model: model.id, kind: model.kind, source: model.source }, "model ready");

@@ -1,5 +1,7 @@
+import { DEFAULT_CONFIG } from "../config.js";
 import type { AutoModelOptions } from "../models/auto.js";
 import { defaultInstructions } from "../models/mapping.js";
+import { EMBEDDER_DEFAULTS } from "../models/options.js";
 import type { Pooling } from "../models/pooling.js";
 import { type FlagSpecs, type FlagValues, int, list, str, UsageError } from "./args.js";
 
@@ -13,7 +15,7 @@ export const MODEL_FLAGS: FlagSpecs = {
   devices: {
     type: "string",
     help: "cpu, cuda:0, or a comma-separated list; for serve: one worker process per entry, cpu:N for N CPU workers",
-    default: "cpu",
+    default: DEFAULT_CONFIG.devices,
   },
   revision: {
     type: "string",
@@ -30,8 +32,16 @@ export const MODEL_FLAGS: FlagSpecs = {
     help: "graph file inside the model directory, instead of choosing by dtype",
   },
   threads: { type: "string", help: "ONNX Runtime intra-op threads per device (default: all cores)" },
-  "batch-size": { type: "string", help: "inputs per forward pass", default: "256" },
-  "max-length": { type: "string", help: "token limit per input (default 512, capped by the model)" },
+  "batch-size": {
+    type: "string",
+    help: "inputs per forward pass (library use; the server batches by --max-batch-size)",
+    default: String(EMBEDDER_DEFAULTS.batchSize),
+  },
+  "max-length": {
+    type: "string",
+    help: "token limit per input, capped by the model",
+    default: String(EMBEDDER_DEFAULTS.maxLength),
+  },
   "query-instruction": {
     type: "string",
     help: "instruction for queries (default: the model card's, if known)",
@@ -59,7 +69,7 @@ export function modelOptions(values: FlagValues, source: string): AutoModelOptio
   const batchSize = int(values, "batch-size");
   const truncateDim = int(values, "truncate-dim");
   const options: AutoModelOptions = {
-    devices: list(values, "devices").length ? list(values, "devices").join(",") : "cpu",
+    devices: list(values, "devices").length ? list(values, "devices").join(",") : DEFAULT_CONFIG.devices,
     hub: { revision: str(values, "revision") ?? "main" },
     queryInstructionForRetrieval: str(values, "query-instruction") ?? defaults.query ?? null,
     passageInstructionForRetrieval: str(values, "passage-instruction") ?? defaults.passage ?? null,
@@ -83,4 +93,11 @@ export function modelOptions(values: FlagValues, source: string): AutoModelOptio
     options.passageInstructionFormat = format;
   }
   return options;
+}
+
+/** Parse `ID_OR_DIR[=ALIAS]`. */
+export function parseModelArg(arg: string): { source: string; alias?: string } {
+  const eq = arg.lastIndexOf("=");
+  if (eq > 0 && eq < arg.length - 1) return { source: arg.slice(0, eq), alias: arg.slice(eq + 1) };
+  return { source: arg };
 }

@@ -1,20 +1,31 @@
 import { startServer } from "../api/start.js";
-import type { InputType, ModelSpec } from "../serving/models.js";
-import { parseModelArg } from "../serving/models.js";
+import {
+  applySetting,
+  DEFAULT_CONFIG,
+  DEFAULT_MODEL,
+  flagDefault,
+  NUMERIC_SETTINGS,
+  type ServerConfigInput,
+} from "../config.js";
+import type { InputType, ModelSpec } from "../serving/executor.js";
+
 import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
-import { MODEL_FLAGS, modelOptions } from "./model-flags.js";
+import { MODEL_FLAGS, modelOptions, parseModelArg } from "./model-flags.js";
 
-export const DEFAULT_MODEL = "BAAI/bge-small-en-v1.5";
+const D = DEFAULT_CONFIG;
 
-const FLAGS: FlagSpecs = {
+/** The numeric settings `serve` takes, with their defaults from src/config.ts. */
+const SERVE_SETTINGS = NUMERIC_SETTINGS.filter((s) => s.commands.includes("serve"));
+
+export const SERVE_FLAGS: FlagSpecs = {
   model: {
     type: "string",
     multiple: true,
     help: "model directory or Hugging Face id, optionally =ALIAS; repeatable",
     default: DEFAULT_MODEL,
   },
-  host: { type: "string", help: "address to listen on", default: "127.0.0.1" },
-  port: { type: "string", help: "port to listen on", default: "8080" },
+  host: { type: "string", help: "address to listen on", default: D.host },
+  port: { type: "string", help: "port to listen on", default: String(D.port) },
   "api-key": { type: "string", multiple: true, help: "accepted bearer token; repeatable (none: no auth)" },
   "cors-origin": { type: "string", multiple: true, help: 'allowed CORS origin, or "*"; repeatable' },
   "strict-models": {
@@ -24,21 +35,16 @@ const FLAGS: FlagSpecs = {
   "token-ids": {
     type: "string",
     help: "token-id inputs are cl100k (OpenAI clients) or model (own vocabulary)",
-    default: "cl100k",
+    default: D.tokenIds,
   },
   "input-type": {
     type: "string",
     help: "input type when a request gives none: passage or query",
     default: "passage",
   },
-  "max-inputs": { type: "string", help: "inputs per request", default: "2048" },
-  "max-request-tokens": { type: "string", help: "tokens per request", default: String(2048 * 8192) },
-  "body-limit-mb": { type: "string", help: "request body limit in MiB (413 above)", default: "128" },
-  "request-timeout": { type: "string", help: "seconds a request may take before a 503", default: "120" },
-  "max-batch-tokens": { type: "string", help: "padded tokens per batch", default: "16384" },
-  "max-batch-size": { type: "string", help: "inputs per batch", default: "64" },
-  "batch-window-ms": { type: "string", help: "how long a lone input waits for company", default: "2" },
-  "max-queue": { type: "string", help: "inputs that may wait per model before 429s", default: "16384" },
+  ...Object.fromEntries(
+    SERVE_SETTINGS.map((s) => [s.flag, { type: "string", help: s.help, default: String(flagDefault(s)) }]),
+  ),
   "redis-url": {
     type: "string",
     help: "Redis for bulk jobs shared with other hosts (default: in-process queue)",
@@ -47,19 +53,7 @@ const FLAGS: FlagSpecs = {
     type: "string",
     help: "job data in this directory (shared by all hosts) instead of Redis",
   },
-  "job-concurrency": {
-    type: "string",
-    help: "job chunks this server computes at once (0: leave them to workers)",
-    default: "2",
-  },
-  "job-chunk-size": { type: "string", help: "inputs per job chunk", default: "1024" },
-  "job-ttl-hours": { type: "string", help: "hours finished jobs and their results are kept", default: "168" },
-  "chunk-lock-seconds": {
-    type: "string",
-    help: "a chunk whose worker went silent this long is retried",
-    default: "60",
-  },
-  "log-level": { type: "string", help: "fatal, error, warn, info, debug", default: "info" },
+  "log-level": { type: "string", help: "fatal, error, warn, info, debug", default: D.logLevel },
   ...MODEL_FLAGS,
   verbose: { type: "boolean", help: "stack traces on errors" },
   help: { type: "boolean", short: "h", help: "show this help" },
@@ -68,22 +62,22 @@ const FLAGS: FlagSpecs = {
 export const SERVE_USAGE = helpText(
   "Usage: flagserve serve [--model ID_OR_DIR[=ALIAS] ...] [options]\n\n" +
     "OpenAI-compatible /v1/embeddings, TEI-compatible /embed, /tokenize, /info; docs at /docs.",
-  FLAGS,
+  SERVE_FLAGS,
 );
 
 export async function serveCommand(argv: string[]): Promise<void> {
-  const { values } = parseFlags(argv, FLAGS);
+  const { values } = parseFlags(argv, SERVE_FLAGS);
   if (bool(values, "help")) {
     process.stdout.write(SERVE_USAGE);
     return;
   }
-  const tokenIds = str(values, "token-ids") ?? "cl100k";
+  const tokenIds = str(values, "token-ids") ?? D.tokenIds;
   if (tokenIds !== "cl100k" && tokenIds !== "model")
     throw new UsageError("--token-ids must be cl100k or model");
   const inputType = str(values, "input-type") ?? "passage";
   if (inputType !== "passage" && inputType !== "query")
     throw new UsageError("--input-type must be passage or query");
-  const port = int(values, "port", 0) ?? 8080;
+  const port = int(values, "port", 0) ?? D.port;
 
   const perModel = new Map<string, InputType>();
   for (const entry of list(values, "model-input-type")) {
@@ -102,37 +96,27 @@ export async function serveCommand(argv: string[]): Promise<void> {
     };
   });
 
-  const server = await startServer(specs, {
-    host: str(values, "host") ?? "127.0.0.1",
-    devices: str(values, "devices") ?? "cpu",
+  const input: ServerConfigInput = {
+    host: str(values, "host") ?? D.host,
+    devices: str(values, "devices") ?? D.devices,
     port,
     apiKeys: list(values, "api-key"),
     corsOrigins: list(values, "cors-origin"),
     strictModels: bool(values, "strict-models"),
     tokenIds,
-    logLevel: str(values, "log-level") ?? "info",
-    limits: {
-      maxInputs: int(values, "max-inputs") ?? 2048,
-      maxRequestTokens: int(values, "max-request-tokens") ?? 2048 * 8192,
-      bodyLimit: (int(values, "body-limit-mb") ?? 128) * 1024 * 1024,
-      requestTimeoutMs: (int(values, "request-timeout") ?? 120) * 1000,
-    },
+    logLevel: str(values, "log-level") ?? D.logLevel,
     jobs: {
       ...(str(values, "redis-url") ? { redisUrl: str(values, "redis-url") as string } : {}),
       ...(str(values, "results-dir") ? { resultsDir: str(values, "results-dir") as string } : {}),
-      concurrency: int(values, "job-concurrency", 0) ?? 2,
-      chunkSize: int(values, "job-chunk-size") ?? 1024,
-      ttlSeconds: (int(values, "job-ttl-hours") ?? 168) * 3600,
-      chunkLockSeconds: int(values, "chunk-lock-seconds") ?? 60,
     },
-    scheduler: {
-      maxBatchTokens: int(values, "max-batch-tokens") ?? 16384,
-      maxBatchSize: int(values, "max-batch-size") ?? 64,
-      windowMs: int(values, "batch-window-ms", 0) ?? 2,
-      maxQueuedInputs: int(values, "max-queue") ?? 16384,
-    },
-  });
-  server.app.log.info(`flagserve listening on ${server.url} (docs at ${server.url}/docs)`);
+  };
+  for (const s of SERVE_SETTINGS) {
+    const v = int(values, s.flag, s.min);
+    if (v !== undefined) applySetting(input, s, v);
+  }
+  const server = await startServer(specs, input);
+  // Not "listening" yet: only once every model has loaded is the server of use (/health answers now).
+  server.app.log.info(`loading ${specs.length} model(s); /health and /ready answer at ${server.url}`);
 
   let stopping = false;
   const stop = (signal: string) => {
@@ -156,5 +140,5 @@ export async function serveCommand(argv: string[]): Promise<void> {
     await server.close().catch(() => {});
     throw err;
   }
-  server.app.log.info("all models ready");
+  server.app.log.info(`all models ready; flagserve listening on ${server.url} (docs at ${server.url}/docs)`);
 }

@@ -1,25 +1,31 @@
-import { jobComputers } from "../api/job-computers.js";
-import { Metrics } from "../api/metrics.js";
-import { serverConfig } from "../api/start.js";
+import { DEFAULT_CONFIG, serverConfig } from "../config.js";
+import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
-import { ModelRegistry, type ModelSpec, parseModelArg, serveModels } from "../serving/models.js";
+import type { ModelSpec } from "../serving/executor.js";
+import { serveModels } from "../serving/load.js";
+import { Metrics } from "../serving/metrics.js";
+import { ModelRegistry } from "../serving/registry.js";
 import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
 import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
-import { MODEL_FLAGS, modelOptions } from "./model-flags.js";
+import { MODEL_FLAGS, modelOptions, parseModelArg } from "./model-flags.js";
 
-const FLAGS: FlagSpecs = {
+export const WORKER_FLAGS: FlagSpecs = {
   "redis-url": { type: "string", help: "Redis holding the job queue (required)" },
   model: {
     type: "string",
     multiple: true,
     help: "model to serve jobs for, ID_OR_DIR[=ALIAS] as the API names it; repeatable",
   },
-  concurrency: { type: "string", help: "chunks computed at once", default: "2" },
+  concurrency: {
+    type: "string",
+    help: "chunks computed at once",
+    default: String(DEFAULT_CONFIG.jobs.concurrency),
+  },
   "results-dir": { type: "string", help: "job data directory shared with the API (default: in Redis)" },
   "chunk-lock-seconds": {
     type: "string",
     help: "how long a chunk is held before others may take it back",
-    default: "60",
+    default: String(DEFAULT_CONFIG.jobs.chunkLockSeconds),
   },
   ...MODEL_FLAGS,
   verbose: { type: "boolean", help: "stack traces on errors" },
@@ -29,11 +35,11 @@ const FLAGS: FlagSpecs = {
 export const WORKER_USAGE = helpText(
   "Usage: flagserve worker --redis-url redis://HOST:6379 --model ID_OR_DIR[=ALIAS] ... [--devices cuda:0,cuda:1]\n\n" +
     "Computes bulk-job chunks from the shared queue on this machine's devices; run one per GPU host.",
-  FLAGS,
+  WORKER_FLAGS,
 );
 
 export async function workerCommand(argv: string[]): Promise<void> {
-  const { values } = parseFlags(argv, FLAGS);
+  const { values } = parseFlags(argv, WORKER_FLAGS);
   if (bool(values, "help")) {
     process.stdout.write(WORKER_USAGE);
     return;
@@ -46,27 +52,31 @@ export async function workerCommand(argv: string[]): Promise<void> {
     const { source, alias } = parseModelArg(arg);
     return { source, ...(alias ? { alias } : {}), options: modelOptions(values, source) };
   });
-  const log = (msg: string) => process.stderr.write(`flagserve worker: ${msg}\n`);
-  const config = serverConfig({ devices: str(values, "devices") ?? "cpu" });
+  const log = (msg: string, detail?: Record<string, unknown>) =>
+    process.stderr.write(`flagserve worker: ${msg}${detail ? ` ${JSON.stringify(detail)}` : ""}\n`);
+  const resultsDir = str(values, "results-dir");
+  const config = serverConfig({
+    devices: str(values, "devices") ?? DEFAULT_CONFIG.devices,
+    jobs: {
+      redisUrl,
+      ...(resultsDir ? { resultsDir } : {}),
+      concurrency: int(values, "concurrency") ?? DEFAULT_CONFIG.jobs.concurrency,
+      chunkLockSeconds: int(values, "chunk-lock-seconds") ?? DEFAULT_CONFIG.jobs.chunkLockSeconds,
+    },
+  });
   const metrics = new Metrics();
   const registry = new ModelRegistry();
   const executor = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
-    onEvent: (event, detail) => log(`${event} ${JSON.stringify(detail)}`),
+    inflightPerWorker: config.pool.inflightPerWorker,
+    onEvent: (event, detail) => log(event, detail),
   });
   const infos = await executor.load(specs);
-  for (const m of await serveModels(infos, specs, executor, config.scheduler, (id) =>
-    metrics.batchObserver(() => id),
-  )) {
+  for (const m of await serveModels(infos, specs, executor, config.scheduler, metrics)) {
     registry.add(m);
   }
-  const resultsDir = str(values, "results-dir");
-  const jobs = createJobSystem({
-    redisUrl,
-    ...(resultsDir ? { resultsDir } : {}),
-    chunkLockMs: (int(values, "chunk-lock-seconds") ?? 60) * 1000,
-  });
-  const state = { ready: true, draining: false };
-  jobs.engine.work(jobComputers({ config, registry, metrics, state }), int(values, "concurrency") ?? 2);
+  const jobs = createJobSystem(config.jobs, log);
+  const state = { ready: true };
+  jobs.engine.work(jobComputers({ config, registry, metrics, state }), config.jobs.concurrency);
   log(`taking chunks for ${registry.models.map((m) => m.id).join(", ")} on ${config.devices}`);
 
   let stopping = false;

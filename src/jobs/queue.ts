@@ -27,8 +27,6 @@ export interface RetryPolicy {
   backoffMs: number;
 }
 
-export const DEFAULT_RETRY: RetryPolicy = { attempts: 5, backoffMs: 1000 };
-
 const QUEUE = "flagserve-chunks";
 const chunkId = (job: string, chunk: number) => `${job}-${chunk}`;
 
@@ -50,6 +48,7 @@ export class BullChunkQueue implements ChunkQueue {
   constructor(
     private readonly connection: () => Redis,
     private readonly options: BullOptions,
+    private readonly log: (message: string, detail?: Record<string, unknown>) => void = () => {},
   ) {
     this.queue = new Queue(QUEUE, { connection: connection() });
   }
@@ -77,8 +76,8 @@ export class BullChunkQueue implements ChunkQueue {
 
   async remove(job: string, chunks: number): Promise<void> {
     for (let c = 0; c < chunks; c++) {
-      // Active (locked) chunks cannot be removed; their handler sees the cancellation.
-      await this.queue.remove(chunkId(job, c)).catch(() => 0);
+      // Active (locked) chunks cannot be removed (BullMQ answers 0); their handler sees the cancellation.
+      await this.queue.remove(chunkId(job, c));
     }
   }
 
@@ -95,8 +94,8 @@ export class BullChunkQueue implements ChunkQueue {
         maxStalledCount: 3,
       },
     );
-    // Errors are recorded by the handler; keep the default 'error' listener from crashing.
-    this.worker.on("error", () => {});
+    // A chunk's own failure is recorded by the handler; what reaches here is the queue's (Redis).
+    this.worker.on("error", (err) => this.log("job queue error", { error: err.message }));
   }
 
   async close(): Promise<void> {
@@ -119,7 +118,7 @@ export class LocalChunkQueue implements ChunkQueue {
   private closed = false;
   private readonly timers = new Set<NodeJS.Timeout>();
 
-  constructor(private readonly retry: RetryPolicy = DEFAULT_RETRY) {}
+  constructor(private readonly retry: RetryPolicy) {}
 
   async add(job: string, chunks: number): Promise<void> {
     for (let c = 0; c < chunks; c++) this.waiting.push({ task: { job, chunk: c }, attempt: 1 });

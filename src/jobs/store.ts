@@ -1,4 +1,4 @@
-import { mkdir, readdir, readFile, rename, rm, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { Redis } from "ioredis";
 import type { FileRecord, JobRecord, JobStatus } from "./types.js";
@@ -70,7 +70,13 @@ export class DirBlobStore implements BlobStore {
   }
 
   async get(key: string): Promise<Buffer | undefined> {
-    return readFile(this.path(key)).catch(() => undefined);
+    try {
+      return await readFile(this.path(key));
+    } catch (err) {
+      // Only a missing file is "not stored"; a permission or disk error must surface as itself.
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw err;
+    }
   }
 
   async deletePrefix(prefix: string): Promise<void> {
@@ -80,11 +86,7 @@ export class DirBlobStore implements BlobStore {
   }
 
   async expirePrefix(): Promise<void> {
-    // Expiry of a directory store follows the job records (see JobEngine.sweep).
-  }
-
-  async listDirs(kind: string): Promise<string[]> {
-    return readdir(join(this.root, kind)).catch(() => []);
+    // Not implemented yet: a directory store keeps data until the prefix is deleted.
   }
 }
 

@@ -2,19 +2,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Redis } from "ioredis";
-import { type EngineOptions, JobEngine } from "./engine.js";
-import { BullChunkQueue, DEFAULT_RETRY, LocalChunkQueue } from "./queue.js";
+import type { JobsConfig } from "../config.js";
+import { JobEngine } from "./engine.js";
+import { BullChunkQueue, LocalChunkQueue, type RetryPolicy } from "./queue.js";
 import { type BlobStore, DirBlobStore, MemoryMetaStore, RedisBlobStore, RedisMetaStore } from "./store.js";
 
-export interface JobSystemOptions {
-  /** Redis for multi-host jobs; without it the queue lives in this process. */
-  redisUrl?: string;
-  /** Keep job data in this directory instead of Redis (every host must see the same directory). */
-  resultsDir?: string;
-  engine?: Partial<EngineOptions>;
-  /** How long a worker holds a chunk before another may take it back (a dead worker's chunks return). */
-  chunkLockMs?: number;
-}
+/** Where the job system reports what it cannot act on (Redis outages, queue errors). */
+export type JobLog = (message: string, detail?: Record<string, unknown>) => void;
 
 /** The engine with its stores and queue, and whether Redis is reachable right now. */
 export interface JobSystem {
@@ -25,14 +19,28 @@ export interface JobSystem {
   close(): Promise<void>;
 }
 
-export function createJobSystem(options: JobSystemOptions): JobSystem {
-  if (!options.redisUrl) {
-    const dir = options.resultsDir ?? mkdtempSync(join(tmpdir(), "flagserve-jobs-"));
+/** Log a connection's errors once per outage, not once per reconnect attempt. */
+function watch(redis: Redis, name: string, log: JobLog): void {
+  let down = false;
+  redis.on("error", (err: Error) => {
+    if (!down) log(`redis (${name}) unreachable; retrying`, { error: err.message });
+    down = true;
+  });
+  redis.on("ready", () => {
+    if (down) log(`redis (${name}) reachable again`);
+    down = false;
+  });
+}
+
+export function createJobSystem(config: JobsConfig, log: JobLog = () => {}): JobSystem {
+  const retry: RetryPolicy = { attempts: config.chunkAttempts, backoffMs: config.chunkBackoffMs };
+  if (!config.redisUrl) {
+    const dir = config.resultsDir ?? mkdtempSync(join(tmpdir(), "flagserve-jobs-"));
     const engine = new JobEngine(
       new MemoryMetaStore(),
       new DirBlobStore(dir),
-      new LocalChunkQueue(DEFAULT_RETRY),
-      options.engine,
+      new LocalChunkQueue(retry),
+      config,
     );
     return {
       engine,
@@ -40,30 +48,27 @@ export function createJobSystem(options: JobSystemOptions): JobSystem {
       available: () => true,
       close: async () => {
         await engine.close();
-        if (!options.resultsDir) rmSync(dir, { recursive: true, force: true });
+        if (!config.resultsDir) rmSync(dir, { recursive: true, force: true });
       },
     };
   }
-  const url = options.redisUrl;
+  const url = config.redisUrl;
   // Requests fail at once while Redis is down (no offline queue), so a route can answer 503.
   const redis = new Redis(url, { enableOfflineQueue: false, maxRetriesPerRequest: 1, lazyConnect: false });
-  redis.on("error", () => {});
+  watch(redis, "records", log);
   const connections: Redis[] = [redis];
   const bullConnection = () => {
     // BullMQ's blocking commands need maxRetriesPerRequest null; they wait out an outage.
     const c = new Redis(url, { maxRetriesPerRequest: null });
-    c.on("error", () => {});
+    watch(c, "queue", log);
     connections.push(c);
     return c;
   };
-  const blobs: BlobStore = options.resultsDir
-    ? new DirBlobStore(options.resultsDir)
+  const blobs: BlobStore = config.resultsDir
+    ? new DirBlobStore(config.resultsDir)
     : new RedisBlobStore(redis);
-  const queue = new BullChunkQueue(bullConnection, {
-    lockMs: options.chunkLockMs ?? 60_000,
-    retry: DEFAULT_RETRY,
-  });
-  const engine = new JobEngine(new RedisMetaStore(redis), blobs, queue, options.engine);
+  const queue = new BullChunkQueue(bullConnection, { lockMs: config.chunkLockSeconds * 1000, retry }, log);
+  const engine = new JobEngine(new RedisMetaStore(redis), blobs, queue, config);
   return {
     engine,
     mode: "redis",

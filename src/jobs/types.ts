@@ -58,3 +58,6 @@ export interface FileRecord {
   /** A file computed from a batch's results rather than uploaded. */
   derivedFrom?: { job: string; which: "output" | "errors" };
 }
+
+/** A job or file was not found for this owner (another key's records look the same as missing ones). */
+export class JobNotFoundError extends Error {}

@@ -1,11 +1,9 @@
 import { FlagserveError } from "../runtime/errors.js";
-import type { Float32Matrix } from "../runtime/matrix.js";
-import type { Pooling } from "../runtime/model-dir.js";
-import type { Encoding, TextTokenizer } from "../runtime/tokenizer.js";
+import { LoadedModelBase } from "./base.js";
 import { splitAcrossDevices } from "./devices.js";
 import { formatInstruction } from "./instruction.js";
 import type { LoadedModel, RuntimeOptions } from "./loader.js";
-import { positiveInt } from "./options.js";
+import { EMBEDDER_DEFAULTS, positiveInt } from "./options.js";
 
 /** Constructor options, with FlagEmbedding's names (camelCase) and defaults. */
 export interface EmbedderOptions extends RuntimeOptions {
@@ -34,23 +32,6 @@ export interface EncodeOptions {
   instructionFormat?: string;
 }
 
-/**
- * What the server and the CLI need from any embedding model: dense vectors of tokenized inputs on
- * a device, and the model's limits. FlagModel and BGEM3FlagModel both provide it.
- */
-export interface DenseEmbedder {
-  readonly dimension: number;
-  readonly poolingMethod: Pooling;
-  readonly tokenizer: TextTokenizer;
-  readonly loaded: LoadedModel;
-  readonly deviceCount: number;
-  readonly options: ResolvedEmbedderOptions;
-  effectiveMaxLength(requested: number): number;
-  /** Pooled vectors, neither truncated nor normalised. */
-  denseBatch(encodings: Encoding[], device?: number): Promise<Float32Matrix>;
-  close(): Promise<void>;
-}
-
 /** What a single-device encode receives once defaults and instructions are applied. */
 export interface ResolvedEncode {
   batchSize: number;
@@ -76,9 +57,9 @@ export function resolveEmbedderOptions(o: EmbedderOptions): ResolvedEmbedderOpti
     queryInstructionFormat: o.queryInstructionFormat ?? "{}{}",
     passageInstructionForRetrieval: o.passageInstructionForRetrieval ?? null,
     passageInstructionFormat: o.passageInstructionFormat ?? "{}{}",
-    batchSize: positiveInt("batchSize", o.batchSize, 256),
-    queryMaxLength: positiveInt("queryMaxLength", o.queryMaxLength, 512),
-    passageMaxLength: positiveInt("passageMaxLength", o.passageMaxLength, 512),
+    batchSize: positiveInt("batchSize", o.batchSize, EMBEDDER_DEFAULTS.batchSize),
+    queryMaxLength: positiveInt("queryMaxLength", o.queryMaxLength, EMBEDDER_DEFAULTS.maxLength),
+    passageMaxLength: positiveInt("passageMaxLength", o.passageMaxLength, EMBEDDER_DEFAULTS.maxLength),
     truncateDim: positiveInt("truncateDim", o.truncateDim, null),
   };
 }
@@ -88,19 +69,17 @@ export function resolveEmbedderOptions(o: EmbedderOptions): ResolvedEmbedderOpti
  * max lengths, spread over several devices when more than one is configured.
  * `TOut` is what a list of inputs encodes to, `TOne` what a single string does.
  */
-export abstract class AbsEmbedder<TOut, TOne, TOpts extends EncodeOptions = EncodeOptions> {
-  readonly modelNameOrPath: string;
+export abstract class AbsEmbedder<
+  TOut,
+  TOne,
+  TOpts extends EncodeOptions = EncodeOptions,
+> extends LoadedModelBase {
   readonly options: ResolvedEmbedderOptions;
 
-  protected constructor(modelNameOrPath: string, options: EmbedderOptions) {
-    this.modelNameOrPath = modelNameOrPath;
+  protected constructor(modelNameOrPath: string, options: EmbedderOptions, model: LoadedModel) {
+    super(modelNameOrPath, model);
     this.options = resolveEmbedderOptions(options);
   }
-
-  /** Number of ONNX sessions (devices) inputs are spread over. */
-  abstract get deviceCount(): number;
-  /** The longest input (in tokens) the model accepts, if it says. */
-  abstract get modelMaxLength(): number | undefined;
 
   protected abstract encodeSingleDevice(
     sentences: string[],
@@ -109,9 +88,6 @@ export abstract class AbsEmbedder<TOut, TOne, TOpts extends EncodeOptions = Enco
   ): Promise<TOut>;
   protected abstract concat(parts: TOut[]): TOut;
   protected abstract first(out: TOut): TOne;
-
-  /** Release the ONNX sessions. */
-  abstract close(): Promise<void>;
 
   encodeQueries(queries: string, opts?: TOpts): Promise<TOne>;
   encodeQueries(queries: string[], opts?: TOpts): Promise<TOut>;

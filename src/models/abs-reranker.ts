@@ -1,8 +1,11 @@
 import { FlagserveError } from "../runtime/errors.js";
+import { LoadedModelBase } from "./base.js";
 import { splitAcrossDevices } from "./devices.js";
 import { formatInstruction } from "./instruction.js";
-import type { RuntimeOptions } from "./loader.js";
-import { positiveInt } from "./options.js";
+import type { LoadedModel, RuntimeOptions } from "./loader.js";
+import { positiveInt, RERANKER_DEFAULTS } from "./options.js";
+
+export { sigmoid } from "./scoring.js";
 
 /** A (query, passage) pair. */
 export type SentencePair = [string, string];
@@ -48,40 +51,32 @@ export interface ResolvedRerankerOptions {
   normalize: boolean;
 }
 
-export function sigmoid(x: number): number {
-  return 1 / (1 + Math.exp(-x));
-}
-
 /**
  * FlagEmbedding's AbsReranker: instructions on queries and passages, defaults, and
  * computeScore spread over several devices when more than one is configured.
  */
-export abstract class AbsReranker {
-  readonly modelNameOrPath: string;
+export abstract class AbsReranker extends LoadedModelBase {
   readonly options: ResolvedRerankerOptions;
 
-  protected constructor(modelNameOrPath: string, options: RerankerOptions) {
-    this.modelNameOrPath = modelNameOrPath;
+  protected constructor(modelNameOrPath: string, options: RerankerOptions, model: LoadedModel) {
+    super(modelNameOrPath, model);
     this.options = {
       queryInstructionForRerank: options.queryInstructionForRerank ?? null,
       queryInstructionFormat: options.queryInstructionFormat ?? "{}{}",
       passageInstructionForRerank: options.passageInstructionForRerank ?? null,
       passageInstructionFormat: options.passageInstructionFormat ?? "{}{}",
-      batchSize: positiveInt("batchSize", options.batchSize, 128),
+      batchSize: positiveInt("batchSize", options.batchSize, RERANKER_DEFAULTS.batchSize),
       queryMaxLength: positiveInt("queryMaxLength", options.queryMaxLength, null),
-      maxLength: positiveInt("maxLength", options.maxLength, 512),
+      maxLength: positiveInt("maxLength", options.maxLength, RERANKER_DEFAULTS.maxLength),
       normalize: options.normalize ?? false,
     };
   }
 
-  abstract get deviceCount(): number;
-  abstract get modelMaxLength(): number | undefined;
   protected abstract computeScoreSingleDevice(
     pairs: SentencePair[],
     opts: ResolvedScoreOptions,
     device: number,
   ): Promise<number[]>;
-  abstract close(): Promise<void>;
 
   /** Apply the configured instructions to each pair (FlagEmbedding's get_detailed_inputs). */
   getDetailedInputs(pairs: SentencePair[]): SentencePair[] {

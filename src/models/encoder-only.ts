@@ -8,7 +8,8 @@ import {
   type EncodeOptions,
   type ResolvedEncode,
 } from "./abs-embedder.js";
-import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
+import { loadAs } from "./base.js";
+import type { LoadedModel } from "./loader.js";
 import { lengthSortedOrder, type Pooling, poolHidden, realSpan } from "./pooling.js";
 
 export interface FlagModelOptions extends EmbedderOptions {
@@ -27,7 +28,6 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
   static readonly DEFAULT_POOLING_METHOD: Pooling = "cls";
 
   readonly poolingMethod: Pooling;
-  protected readonly model: LoadedModel;
   private readonly outputName: string;
   private readonly prePooled: boolean;
   /** The per-token output, if the graph has one (for token embeddings). */
@@ -35,8 +35,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
   private nativeDimension = 0;
 
   protected constructor(nameOrPath: string, options: FlagModelOptions, model: LoadedModel) {
-    super(nameOrPath, options);
-    this.model = model;
+    super(nameOrPath, options, model);
     this.poolingMethod = options.poolingMethod ?? FlagModel.DEFAULT_POOLING_METHOD;
     const outputs = model.sessions[0]?.outputNames ?? [];
     this.prePooled = outputs.includes("sentence_embedding");
@@ -50,10 +49,13 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     options: FlagModelOptions = {},
     hubRepo?: string,
   ): Promise<FlagModel> {
-    const model = await loadModel(nameOrPath, options, hubRepo ? { hubRepo } : {});
-    const embedder = new FlagModel(nameOrPath, options, model);
-    await embedder.probeDimension();
-    return embedder;
+    return loadAs(
+      nameOrPath,
+      options,
+      hubRepo,
+      (model) => new FlagModel(nameOrPath, options, model),
+      (m) => m.probeDimension(),
+    );
   }
 
   /** Size of the model's own output vectors (before truncateDim). */
@@ -61,30 +63,10 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
     return this.nativeDimension;
   }
 
-  get deviceCount(): number {
-    return this.model.sessions.length;
-  }
-
-  get modelMaxLength(): number | undefined {
-    return this.model.maxLength;
-  }
-
-  get tokenizer() {
-    return this.model.tokenizer;
-  }
-
-  get loaded(): LoadedModel {
-    return this.model;
-  }
-
   /** Width of the vectors encode() returns. */
   get outputDimension(): number {
     const t = this.options.truncateDim;
     return t === null ? this.dimension : Math.min(t, this.dimension);
-  }
-
-  close(): Promise<void> {
-    return releaseModel(this.model);
   }
 
   /** One forward pass at load time: learns the output width and warms the session up. */

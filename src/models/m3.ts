@@ -7,19 +7,28 @@ import {
   padBatch,
   tensorToFloat32,
 } from "../runtime/session.js";
-import type { Encoding, TextTokenizer } from "../runtime/tokenizer.js";
+import type { Encoding } from "../runtime/tokenizer.js";
 import {
   AbsEmbedder,
   type EmbedderOptions,
   type EncodeOptions,
   type ResolvedEncode,
 } from "./abs-embedder.js";
-import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
+import { loadAs } from "./base.js";
+import type { LoadedModel } from "./loader.js";
 import { positiveInt } from "./options.js";
-import { lengthSortedOrder, realSpan } from "./pooling.js";
+import {
+  colbertScore,
+  type LexicalWeights,
+  lexicalMatch,
+  lexicalWeightsOf,
+  type M3Raw,
+  specialIds,
+} from "./scoring.js";
 
-/** Token id (as a decimal string, as FlagEmbedding keys it) -> weight. */
-export type LexicalWeights = Record<string, number>;
+export type { LexicalWeights, M3Raw };
+
+import { lengthSortedOrder, realSpan } from "./pooling.js";
 
 export interface M3Options extends EmbedderOptions {
   returnDense?: boolean;
@@ -71,15 +80,6 @@ const DENSE = "last_hidden_state";
 const SPARSE = "sparse_weights";
 const COLBERT = "colbert_vecs";
 
-/** Raw per-input outputs of one forward pass, before truncation and normalisation. */
-export interface M3Raw {
-  dense?: Float32Array;
-  /** One weight per real token (special tokens included), aligned with the input ids. */
-  tokenWeights?: Float32Array;
-  /** Rows for tokens 1..n-1 (the cls position dropped). */
-  colbert?: Float32Matrix;
-}
-
 /**
  * FlagEmbedding's BGEM3FlagModel on ONNX Runtime: dense (cls), sparse lexical weights and ColBERT
  * vectors from one graph whose heads are extra outputs, plus the scoring functions.
@@ -90,15 +90,13 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
   readonly returnDense: boolean;
   readonly returnSparse: boolean;
   readonly returnColbertVecs: boolean;
-  protected readonly model: LoadedModel;
   /** cls, eos, pad and unk ids: never lexical weights. */
   private readonly unusedTokens: Set<number>;
   private dims = 0;
   private colbertDims = 0;
 
   protected constructor(nameOrPath: string, options: M3Options, model: LoadedModel) {
-    super(nameOrPath, options);
-    this.model = model;
+    super(nameOrPath, options, model);
     this.returnDense = options.returnDense ?? true;
     this.returnSparse = options.returnSparse ?? false;
     this.returnColbertVecs = options.returnColbertVecs ?? false;
@@ -116,32 +114,21 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
   }
 
   static async load(nameOrPath: string, options: M3Options = {}, hubRepo?: string): Promise<BGEM3FlagModel> {
-    const model = await loadModel(nameOrPath, options, hubRepo ? { hubRepo } : {});
-    const m3 = new BGEM3FlagModel(nameOrPath, options, model);
-    const [probe] = await m3.runRaw([model.tokenizer.encode("", 8)], 0, {
-      dense: true,
-      sparse: false,
-      colbert: true,
-    });
-    m3.dims = probe?.dense?.length ?? 0;
-    m3.colbertDims = probe?.colbert?.dims ?? 0;
-    return m3;
-  }
-
-  get deviceCount(): number {
-    return this.model.sessions.length;
-  }
-
-  get modelMaxLength(): number | undefined {
-    return this.model.maxLength;
-  }
-
-  get tokenizer(): TextTokenizer {
-    return this.model.tokenizer;
-  }
-
-  get loaded(): LoadedModel {
-    return this.model;
+    return loadAs(
+      nameOrPath,
+      options,
+      hubRepo,
+      (model) => new BGEM3FlagModel(nameOrPath, options, model),
+      async (m3) => {
+        const [probe] = await m3.runRaw([m3.tokenizer.encode("", 8)], 0, {
+          dense: true,
+          sparse: false,
+          colbert: true,
+        });
+        m3.dims = probe?.dense?.length ?? 0;
+        m3.colbertDims = probe?.colbert?.dims ?? 0;
+      },
+    );
   }
 
   /** Width of the dense vectors the model produces (before truncateDim). */
@@ -151,10 +138,6 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
 
   get colbertDimension(): number {
     return this.colbertDims;
-  }
-
-  close(): Promise<void> {
-    return releaseModel(this.model);
   }
 
   /** Dense (cls) vectors of tokenized inputs, not truncated or normalised: the server's unit of work. */
@@ -385,59 +368,6 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
     const m = Float32Matrix.fromRows([...raw], raw.dims);
     return this.options.normalizeEmbeddings ? m.normalizeRows() : m;
   }
-}
-
-/** Lexical weights of one input from its per-token weights (see BGEM3FlagModel.lexicalWeights). */
-export function lexicalWeightsOf(
-  tokenWeights: ArrayLike<number>,
-  ids: ArrayLike<number>,
-  unused: ReadonlySet<number>,
-): LexicalWeights {
-  const out: LexicalWeights = {};
-  for (let i = 0; i < ids.length; i++) {
-    const id = ids[i] as number;
-    const w = tokenWeights[i] as number;
-    if (unused.has(id) || !(w > 0)) continue;
-    const key = String(id);
-    if (!(key in out) || w > (out[key] as number)) out[key] = w;
-  }
-  return out;
-}
-
-/** cls, eos, pad and unk ids: the tokens M3 never gives lexical weight to. */
-export function specialIds(tok: TextTokenizer): Set<number> {
-  const out = new Set<number>();
-  for (const key of ["cls_token", "eos_token", "pad_token", "unk_token"]) {
-    const v = tok.config[key];
-    const content = typeof v === "string" ? v : (v as { content?: string } | undefined)?.content;
-    const id = content === undefined ? undefined : tok.tokenToId(content);
-    if (id !== undefined) out.add(id);
-  }
-  return out;
-}
-
-export function lexicalMatch(a: LexicalWeights, b: LexicalWeights): number {
-  let s = 0;
-  for (const [k, v] of Object.entries(a)) {
-    const o = b[k];
-    if (o !== undefined) s += v * o;
-  }
-  return s;
-}
-
-/**
- * Σ_i max_j q_i·p_j / rows(q). FlagEmbedding's compute_score pads the passages of a chunk to the
- * longest with zero vectors, so for a shorter passage every max also sees a 0: `padded` reproduces it.
- */
-export function colbertScore(q: Float32Matrix, p: Float32Matrix, padded: boolean): number {
-  if (q.rows === 0) return 0;
-  let total = 0;
-  for (const qi of q) {
-    let best = padded ? 0 : Number.NEGATIVE_INFINITY;
-    for (const pj of p) best = Math.max(best, dot(qi, pj));
-    total += p.rows === 0 && !padded ? 0 : best;
-  }
-  return total / q.rows;
 }
 
 /** Split one padded batch row into the M3 heads' outputs, real tokens only. */

@@ -1,54 +1,26 @@
 import { FlagserveError } from "../runtime/errors.js";
 import { batchFeeds, type OnnxSession, padBatch, tensorToFloat32 } from "../runtime/session.js";
-import type { Encoding, TextTokenizer } from "../runtime/tokenizer.js";
+import type { Encoding } from "../runtime/tokenizer.js";
 import {
   AbsReranker,
   type RerankerOptions,
   type ResolvedScoreOptions,
   type SentencePair,
-  sigmoid,
 } from "./abs-reranker.js";
-import { type LoadedModel, loadModel, releaseModel } from "./loader.js";
+import { loadAs } from "./base.js";
+import type { LoadedModel } from "./loader.js";
+import { encodePair } from "./pair.js";
 import { lengthSortedOrder } from "./pooling.js";
+import { sigmoid } from "./scoring.js";
 
-/**
- * FlagEmbedding's pair encoding for cross-encoders: the query without special tokens cut to
- * `queryMaxLength`, the passage to `maxLength`, then special tokens added with only the passage
- * truncated so the pair fits `maxLength` (transformers' prepare_for_model, truncation
- * 'only_second'). When even an empty passage would not fit, transformers leaves the pair as is;
- * here it is then cut to `hardLimit` (the model's position table) rather than failing in the graph.
- */
-export function encodePair(
-  tok: TextTokenizer,
-  query: string,
-  passage: string,
-  queryMaxLength: number,
-  maxLength: number,
-  hardLimit = Number.POSITIVE_INFINITY,
-): Encoding {
-  const q = tok.encodeWithoutSpecials(query, queryMaxLength);
-  let p = tok.encodeWithoutSpecials(passage, maxLength);
-  const specials = tok.numSpecialTokens(true);
-  const over = q.length + p.length + specials - maxLength;
-  if (over > 0 && p.length > over) p = tok.truncate(p, p.length - over);
-  let total = q.length + p.length + specials;
-  if (total > hardLimit) {
-    const cutP = Math.min(p.length, total - hardLimit);
-    p = tok.truncate(p, p.length - cutP);
-    total -= cutP;
-    return tok.withSpecialTokens(total > hardLimit ? tok.truncate(q, q.length - (total - hardLimit)) : q, p);
-  }
-  return tok.withSpecialTokens(q, p);
-}
+export { encodePair };
 
 /** FlagEmbedding's FlagReranker (encoder-only cross-encoder) on ONNX Runtime: one logit per pair. */
 export class FlagReranker extends AbsReranker {
-  protected readonly model: LoadedModel;
   private readonly outputName: string;
 
   protected constructor(nameOrPath: string, options: RerankerOptions, model: LoadedModel) {
-    super(nameOrPath, options);
-    this.model = model;
+    super(nameOrPath, options, model);
     const outputs = model.sessions[0]?.outputNames ?? [];
     this.outputName = outputs.includes("logits") ? "logits" : (outputs[0] as string);
   }
@@ -59,36 +31,16 @@ export class FlagReranker extends AbsReranker {
     options: RerankerOptions = {},
     hubRepo?: string,
   ): Promise<FlagReranker> {
-    const model = await loadModel(nameOrPath, options, hubRepo ? { hubRepo } : {});
-    const reranker = new FlagReranker(nameOrPath, options, model);
-    const warm = await reranker.scoreEncodings([encodePair(model.tokenizer, "", "", 8, 16)], 0);
-    if (warm.length !== 1) {
-      throw new FlagserveError(
-        "model_files",
-        `${model.dir.path} is not a single-logit cross-encoder: ${reranker.outputName} has ${warm.length} values per pair`,
-      );
-    }
-    return reranker;
-  }
-
-  get deviceCount(): number {
-    return this.model.sessions.length;
-  }
-
-  get modelMaxLength(): number | undefined {
-    return this.model.maxLength;
-  }
-
-  get tokenizer(): TextTokenizer {
-    return this.model.tokenizer;
-  }
-
-  get loaded(): LoadedModel {
-    return this.model;
-  }
-
-  close(): Promise<void> {
-    return releaseModel(this.model);
+    return loadAs(
+      nameOrPath,
+      options,
+      hubRepo,
+      (model) => new FlagReranker(nameOrPath, options, model),
+      async (reranker) => {
+        // scoreEncodings refuses a graph with more than one logit per pair.
+        await reranker.scoreEncodings([encodePair(reranker.tokenizer, "", "", 8, 16)], 0);
+      },
+    );
   }
 
   /** FlagEmbedding's pair encoding with this model's tokenizer and limits. */

@@ -24,12 +24,14 @@ export interface HubOptions {
   token?: string;
   /** Never touch the network. Default HF_HUB_OFFLINE. */
   offline?: boolean;
+  /** Told when the hub cannot be reached and the cached snapshot is used instead. Default: stderr. */
+  onCacheFallback?: (message: string) => void;
 }
 
 const TRUTHY = new Set(["1", "true", "yes", "on"]);
 
 export function hubOptionsFromEnv(env: NodeJS.ProcessEnv = process.env): Required<
-  Omit<HubOptions, "token">
+  Omit<HubOptions, "token" | "onCacheFallback">
 > & {
   token: string | undefined;
 } {
@@ -145,7 +147,9 @@ export async function snapshotModel(
     if (!dir) {
       throw new FlagserveError(
         "hub_offline",
-        `${repo} (revision ${revision}) is not in the cache at ${cacheDir} and ${why}; run "flagserve download ${repo}" where the hub is reachable`,
+        `${repo} (revision ${revision}) is not in the cache at ${cacheDir} and ${why}. ` +
+          `Serve a local model directory instead (--model ./dir), point HF_ENDPOINT at a reachable hub or mirror, ` +
+          `or run "flagserve download ${repo}" where the hub is reachable (HF_HUB_OFFLINE=1 then uses only the cache)`,
         { cause },
       );
     }
@@ -169,7 +173,15 @@ export async function snapshotModel(
   } catch (err) {
     const e = describeHubError(repo, revision, err);
     // Like huggingface_hub: an unreachable hub falls back to what the cache already has.
-    if (e.kind === "hub_unreachable") return fromCache("the hub cannot be reached", e);
+    if (e.kind === "hub_unreachable") {
+      const dir = await fromCache(`the hub cannot be reached at ${endpoint} (${e.message})`, e);
+      const warn =
+        options.onCacheFallback ?? ((m: string) => process.stderr.write(`flagserve: warning: ${m}\n`));
+      warn(
+        `the hub cannot be reached at ${endpoint} (${e.message}); using the cached snapshot ${dir} of ${repo}`,
+      );
+      return dir;
+    }
     throw e;
   }
 

@@ -1,6 +1,6 @@
 // A device worker: one child process that owns one device and runs every served model on it.
 // It is the LocalExecutor behind an IPC channel; the HTTP process never holds model weights.
-import { LocalExecutor } from "./executor.js";
+import { LocalExecutor } from "./local-executor.js";
 import { type FromWorker, packRaws, type ToWorker, unpackBatch } from "./protocol.js";
 
 const executor = new LocalExecutor();

@@ -1,8 +1,8 @@
-import { colbertScore, lexicalMatch, lexicalWeightsOf, type M3Raw, specialIds } from "../models/m3.js";
+import { colbertScore, lexicalMatch, lexicalWeightsOf, type M3Raw, specialIds } from "../models/scoring.js";
 import { FlagserveError } from "../runtime/errors.js";
 import { dot, Float32Matrix, l2NormalizeInPlace } from "../runtime/matrix.js";
 import type { Encoding } from "../runtime/tokenizer.js";
-import type { ServedEmbedder } from "./models.js";
+import type { ServedEmbedder } from "./served.js";
 
 /** Weights of [dense, sparse, colbert], as FlagEmbedding's weights_for_different_modes. */
 export type ModeWeights = [number, number, number];

@@ -1,4 +1,4 @@
-import type { M3Raw } from "../models/m3.js";
+import type { M3Raw } from "../models/scoring.js";
 import { Float32Matrix } from "../runtime/matrix.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import type { EmbedItem, ModelInfo, ModelSpec, Want } from "./executor.js";

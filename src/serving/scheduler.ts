@@ -1,32 +1,9 @@
-export interface SchedulerOptions {
-  /** Padded tokens one batch may hold (rows x longest row). */
-  maxBatchTokens: number;
-  /** Rows one batch may hold. */
-  maxBatchSize: number;
-  /** How long the first queued input waits for company before a partial batch is run. */
-  windowMs: number;
-  /** Inputs that may wait in the queue; beyond it new requests are refused (429). */
-  maxQueuedInputs: number;
-  /** Batches in flight at once (one per device worker). */
-  concurrency: number;
-  /** A request waiting longer than this is served before newer, smaller ones. */
-  starvationMs: number;
-  /** Real tokens / computed tokens a batch must keep when mixing inputs of different lengths. */
-  minPaddingEfficiency: number;
-}
+import { DEFAULT_CONFIG, type SchedulerOptions } from "../config.js";
+
+export type { SchedulerOptions };
 
 /** Padded tokens a batch may waste whatever its efficiency (short queries batch together freely). */
 const PADDING_SLACK_TOKENS = 128;
-
-export const DEFAULT_SCHEDULER: SchedulerOptions = {
-  maxBatchTokens: 16384,
-  maxBatchSize: 64,
-  windowMs: 2,
-  maxQueuedInputs: 16384,
-  concurrency: 1,
-  starvationMs: 500,
-  minPaddingEfficiency: 0.92,
-};
 
 /** What the scheduler batches: anything with token ids (its length decides padding). */
 export interface Tokenized {
@@ -43,6 +20,12 @@ export interface BatchStats {
   requests: number;
   /** Wall time from dispatch to results (the device's time plus the trip to it). */
   seconds: number;
+}
+
+/** Told of every batch run and every request refused (for metrics). */
+export interface SchedulerObserver {
+  batch(stats: BatchStats): void;
+  rejected(reason: "queue_full" | "deadline"): void;
 }
 
 /** The queue is full: the caller should answer 429 and ask the client to retry later. */
@@ -97,7 +80,7 @@ export class BatchScheduler<T extends Tokenized, R> {
   private readonly queue: Pending<T, R>[] = [];
   private readonly options: SchedulerOptions;
   private readonly runner: BatchRunner<T, R>;
-  private readonly onBatch: ((s: BatchStats) => void) | undefined;
+  private readonly observer: SchedulerObserver | undefined;
   private freeSlots: number[];
   private queuedInputs = 0;
   private windowTimer: NodeJS.Timeout | undefined;
@@ -110,20 +93,16 @@ export class BatchScheduler<T extends Tokenized, R> {
   constructor(
     runner: BatchRunner<T, R>,
     options: Partial<SchedulerOptions> = {},
-    onBatch?: (s: BatchStats) => void,
+    observer?: SchedulerObserver,
   ) {
-    this.options = { ...DEFAULT_SCHEDULER, ...options };
+    this.options = { ...DEFAULT_CONFIG.scheduler, ...options };
     this.runner = runner;
-    this.onBatch = onBatch;
+    this.observer = observer;
     this.freeSlots = Array.from({ length: this.options.concurrency }, (_, i) => i);
   }
 
   get queued(): number {
     return this.queuedInputs;
-  }
-
-  get running(): number {
-    return this.inFlight;
   }
 
   /**
@@ -137,6 +116,7 @@ export class BatchScheduler<T extends Tokenized, R> {
         this.queuedInputs / this.options.maxBatchSize / this.options.concurrency,
       );
       const retry = Math.max(1, Math.ceil(batchesAhead * this.batchSeconds));
+      this.observer?.rejected("queue_full");
       throw new OverloadedError(
         `the queue for this model is full (${this.queuedInputs} inputs waiting)`,
         retry,
@@ -153,6 +133,7 @@ export class BatchScheduler<T extends Tokenized, R> {
     }
     if (encodings.length === 0) return Promise.resolve([]);
     if (timeoutMs <= 0) {
+      this.observer?.rejected("deadline");
       return Promise.reject(new DeadlineError("request deadline passed before its inputs were queued"));
     }
     return new Promise<R[]>((resolve, reject) => {
@@ -172,6 +153,7 @@ export class BatchScheduler<T extends Tokenized, R> {
         reject,
       };
       p.timer = setTimeout(() => {
+        this.observer?.rejected("deadline");
         this.fail(p, new DeadlineError(`request not completed within ${timeoutMs} ms`));
       }, timeoutMs);
       p.timer.unref();
@@ -277,7 +259,7 @@ export class BatchScheduler<T extends Tokenized, R> {
     const encodings = taken.map(({ p, index }) => p.encodings[index] as T);
     const started = performance.now();
     const report = () =>
-      this.onBatch?.({
+      this.observer?.batch({
         rows: encodings.length,
         realTokens: real,
         paddedTokens: encodings.length * longest,

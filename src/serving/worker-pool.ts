@@ -1,9 +1,10 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
-import type { M3Raw } from "../models/m3.js";
+import { DEFAULT_CONFIG } from "../config.js";
+import type { M3Raw } from "../models/scoring.js";
+import { parseDevice } from "../runtime/device.js";
 import { FlagserveError } from "../runtime/errors.js";
-import { parseDevice } from "../runtime/session.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import type { EmbedItem, Executor, ModelInfo, ModelSpec } from "./executor.js";
 import { type FromWorker, packBatch, type ToWorker, unpackRaws } from "./protocol.js";
@@ -75,6 +76,17 @@ export interface WorkerStatus {
   inflight: number;
 }
 
+/**
+ * Send to a child without throwing: a child that has exited (or is exiting) cannot be written to,
+ * and its 'exit' handler takes care of the work it held.
+ */
+function sendTo(proc: ChildProcess, msg: ToWorker): void {
+  if (!proc.connected) return;
+  // With a callback, a failed write is reported here instead of as an 'error' event; the child's
+  // exit handler retries whatever it held.
+  proc.send(msg, () => {});
+}
+
 const WORKER_URL = new URL(
   `./device-worker${import.meta.url.endsWith(".ts") ? ".ts" : ".js"}`,
   import.meta.url,
@@ -134,9 +146,9 @@ export class WorkerPoolExecutor implements Executor {
   constructor(slots: WorkerSlot[], options: PoolOptions = {}) {
     this.workers = slots.map((s) => new DeviceWorker(s));
     this.options = {
-      inflightPerWorker: options.inflightPerWorker ?? 2,
-      batchTimeoutMs: options.batchTimeoutMs ?? 120_000,
-      waitForWorkerMs: options.waitForWorkerMs ?? 60_000,
+      inflightPerWorker: options.inflightPerWorker ?? DEFAULT_CONFIG.pool.inflightPerWorker,
+      batchTimeoutMs: options.batchTimeoutMs ?? DEFAULT_CONFIG.limits.requestTimeoutMs,
+      waitForWorkerMs: options.waitForWorkerMs ?? DEFAULT_CONFIG.limits.requestTimeoutMs,
       onEvent: options.onEvent,
     };
   }
@@ -169,6 +181,11 @@ export class WorkerPoolExecutor implements Executor {
     w.proc = proc;
     proc.on("message", (m: FromWorker) => this.onMessage(w, m));
     proc.on("exit", (code, signal) => this.onExit(w, proc, code, signal));
+    // A failed send or spawn (EPIPE to a child that just died) surfaces here; the child's exit,
+    // which always follows, is what retries its batches. Unhandled, it would end this process.
+    proc.on("error", (err) =>
+      this.options.onEvent?.("worker channel error", { device: w.slot.device, error: err.message }),
+    );
     const specs = this.specs.map((s) => ({
       ...s,
       options: {
@@ -200,7 +217,7 @@ export class WorkerPoolExecutor implements Executor {
       proc.on("message", onMsg);
       proc.once("exit", onEarlyExit);
     });
-    proc.send({ type: "load", specs } satisfies ToWorker);
+    sendTo(proc, { type: "load", specs });
     try {
       const infos = await loaded;
       w.setLive(true);
@@ -290,7 +307,7 @@ export class WorkerPoolExecutor implements Executor {
       w.proc?.kill("SIGKILL");
     }, this.options.batchTimeoutMs);
     p.timer.unref();
-    w.proc?.send(p.msg);
+    if (w.proc) sendTo(w.proc, p.msg);
   }
 
   private leastBusy(): DeviceWorker | undefined {
@@ -330,7 +347,7 @@ export class WorkerPoolExecutor implements Executor {
         const proc = w.proc;
         if (!proc || proc.exitCode !== null) return;
         const exited = new Promise<void>((resolve) => proc.once("exit", () => resolve()));
-        proc.send({ type: "shutdown" } satisfies ToWorker);
+        sendTo(proc, { type: "shutdown" });
         const timer = setTimeout(() => proc.kill("SIGKILL"), 5000);
         await exited;
         clearTimeout(timer);

@@ -1,10 +1,10 @@
 import { Readable } from "node:stream";
 import { type Static, Type as T } from "@sinclair/typebox";
 import type { FileRecord, JobRecord } from "../../jobs/types.js";
+import type { App, AppContext } from "../context.js";
 import { ApiError, badRequest } from "../errors.js";
+import { withJobs } from "../jobs-access.js";
 import { openaiErrors } from "../schemas.js";
-import type { App, AppContext } from "../server.js";
-import { withJobs } from "./jobs.js";
 
 /**
  * The OpenAI Files and Batch APIs for /v1/embeddings, so the official clients' files.create +
@@ -132,10 +132,15 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         for await (const part of request.parts()) {
           if (part.type === "field" && part.fieldname === "purpose") purpose = String(part.value);
           else if (part.type === "file" && part.fieldname === "file") {
-            stored = await engine.putFile(request.owner, part.filename || "upload.jsonl", purpose, part.file);
+            stored = await engine.files.put(
+              request.owner,
+              part.filename || "upload.jsonl",
+              purpose,
+              part.file,
+            );
             if (part.file.truncated) {
               // The stream stopped at the size limit: what was stored is not the whole file.
-              await engine.deleteFile(request.owner, stored.id);
+              await engine.files.delete(request.owner, stored.id);
               throw new ApiError(413, "the file is larger than the server accepts", {
                 code: "file_too_large",
                 param: "file",
@@ -143,10 +148,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
             }
           }
         }
-        if (stored && stored.purpose !== purpose) {
-          stored = { ...stored, purpose };
-          await engine.meta.putFile(stored);
-        }
+        if (stored && stored.purpose !== purpose) stored = await engine.files.setPurpose(stored, purpose);
       });
       if (!stored) throw badRequest('missing required field "file"', "file");
       return fileObject(stored);
@@ -169,7 +171,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
     async (request) =>
       withJobs(ctx, async (engine) => ({
         object: "list" as const,
-        data: (await engine.meta.listFiles(request.owner)).map(fileObject),
+        data: (await engine.files.list(request.owner)).map(fileObject),
         has_more: false,
       })),
   );
@@ -186,7 +188,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
       config: openai,
     },
     async (request) =>
-      withJobs(ctx, async (engine) => fileObject(await engine.getFile(request.owner, request.params.id))),
+      withJobs(ctx, async (engine) => fileObject(await engine.files.get(request.owner, request.params.id))),
   );
 
   app.get(
@@ -201,10 +203,10 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
       config: openai,
     },
     async (request, reply) => {
-      const file = await withJobs(ctx, (engine) => engine.getFile(request.owner, request.params.id));
+      const file = await withJobs(ctx, (engine) => engine.files.get(request.owner, request.params.id));
       const engine = ctx.jobs?.engine;
       if (!engine) throw new ApiError(503, "bulk jobs are not enabled on this server");
-      return reply.type("application/jsonl").send(Readable.from(engine.fileContent(file)));
+      return reply.type("application/jsonl").send(Readable.from(engine.files.content(file)));
     },
   );
 
@@ -224,7 +226,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
     },
     async (request) =>
       withJobs(ctx, async (engine) => {
-        await engine.deleteFile(request.owner, request.params.id);
+        await engine.files.delete(request.owner, request.params.id);
         return { id: request.params.id, object: "file" as const, deleted: true };
       }),
   );
@@ -256,13 +258,13 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
       if (b.completion_window !== "24h")
         throw badRequest("completion_window must be 24h", "completion_window");
       const job = await withJobs(ctx, async (engine) => {
-        const file = await engine.getFile(request.owner, b.input_file_id).catch(() => {
+        const file = await engine.files.get(request.owner, b.input_file_id).catch(() => {
           throw new ApiError(400, `input_file_id ${b.input_file_id} does not exist`, {
             param: "input_file_id",
           });
         });
         return engine.createBatchJob(request.owner, {
-          lines: engine.fileLines(file),
+          lines: engine.files.lines(file),
           meta: {
             input_file_id: b.input_file_id,
             endpoint: b.endpoint,

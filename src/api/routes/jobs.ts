@@ -1,41 +1,13 @@
 import { Readable } from "node:stream";
 import { type Static, Type as T } from "@sinclair/typebox";
 import type { JobEngine } from "../../jobs/engine.js";
-import { JobNotFoundError } from "../../jobs/engine.js";
 import type { JobSystem } from "../../jobs/system.js";
 import type { JobRecord } from "../../jobs/types.js";
-import { checkDimensions } from "../encode.js";
+import { checkDimensions } from "../../serving/inputs.js";
+import type { App, AppContext } from "../context.js";
 import { ApiError, badRequest } from "../errors.js";
+import { withJobs } from "../jobs-access.js";
 import { openaiErrors } from "../schemas.js";
-import type { App, AppContext } from "../server.js";
-
-/** Run a job-route body against the job system, turning an unreachable Redis into a 503. */
-export async function withJobs<T>(
-  ctx: AppContext,
-  work: (engine: JobEngine, jobs: JobSystem) => Promise<T>,
-): Promise<T> {
-  const jobs = ctx.jobs;
-  if (!jobs)
-    throw new ApiError(503, "bulk jobs are not enabled on this server", { code: "jobs_unavailable" });
-  const unavailable = () =>
-    new ApiError(
-      503,
-      "the job queue (Redis) is unreachable; synchronous routes still work, retry jobs shortly",
-      {
-        code: "queue_unavailable",
-        retryAfterSeconds: 5,
-      },
-    );
-  if (!jobs.available()) throw unavailable();
-  try {
-    return await work(jobs.engine, jobs);
-  } catch (err) {
-    if (err instanceof JobNotFoundError) throw new ApiError(404, err.message, { code: "not_found" });
-    if (err instanceof ApiError) throw err;
-    if (!jobs.available()) throw unavailable();
-    throw err;
-  }
-}
 
 const JobView = T.Object({
   id: T.String(),
@@ -92,9 +64,9 @@ const CreateJob = T.Object(
 
 /** Texts of an uploaded JSONL input file: a JSON string, or an object with a text field, per line. */
 async function* fileTexts(engine: JobEngine, owner: string, fileId: string): AsyncGenerator<string> {
-  const file = await engine.getFile(owner, fileId);
+  const file = await engine.files.get(owner, fileId);
   let n = 0;
-  for await (const line of engine.fileLines(file)) {
+  for await (const line of engine.files.lines(file)) {
     n++;
     let value: unknown;
     try {
@@ -145,7 +117,7 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         );
       }
       const job = await withJobs(ctx, async (engine) => {
-        if (b.input_file_id) await engine.getFile(request.owner, b.input_file_id);
+        if (b.input_file_id) await engine.files.get(request.owner, b.input_file_id);
         return engine.createEmbedJob(request.owner, {
           model: model.id,
           inputType: b.input_type === "query" ? "query" : "passage",
@@ -231,9 +203,9 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         return reply
           .type("application/octet-stream")
           .header("content-disposition", `attachment; filename="${job.id}.npy"`)
-          .send(Readable.from(engine.npy(job, request.query.dtype ?? "float32")));
+          .send(Readable.from(engine.results.npy(job, request.query.dtype ?? "float32")));
       }
-      return reply.type("application/x-ndjson").send(Readable.from(engine.jsonl(job)));
+      return reply.type("application/x-ndjson").send(Readable.from(engine.results.jsonl(job)));
     },
   );
 }

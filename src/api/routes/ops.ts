@@ -1,5 +1,5 @@
 import { Type as T } from "@sinclair/typebox";
-import type { App, AppContext } from "../server.js";
+import type { App, AppContext } from "../context.js";
 
 const Worker = T.Object({
   device: T.String(),

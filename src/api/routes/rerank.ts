@@ -1,14 +1,9 @@
 import { randomUUID } from "node:crypto";
 import { type Static, Type as T } from "@sinclair/typebox";
-import { dot } from "../../runtime/matrix.js";
-import type { Encoding } from "../../runtime/tokenizer.js";
-import { type ModeWeights, m3Hybrid } from "../../serving/hybrid.js";
-import type { ServedEmbedder, ServedModel, ServedReranker } from "../../serving/models.js";
-import { mapYielding } from "../../serving/yielding.js";
-import { finalizeEmbeddings, tooManyTokens } from "../encode.js";
-import { ApiError, badRequest } from "../errors.js";
+import { type ModeWeights, rerank } from "../../serving/rerank.js";
+import type { App, AppContext } from "../context.js";
+import { badRequest } from "../errors.js";
 import { openaiErrors, teiErrors } from "../schemas.js";
-import type { App, AppContext } from "../server.js";
 
 const DocumentItem = T.Union([T.String(), T.Object({ text: T.String() }, { additionalProperties: true })]);
 
@@ -87,197 +82,6 @@ const RerankV2Response = T.Object({
   meta: Meta,
 });
 
-interface RerankCall {
-  model: string | undefined;
-  query: string;
-  documents: string[];
-  rawScores: boolean;
-  /** Split long documents into up to this many overlapping windows, scored by their best one. */
-  maxChunks: number;
-  /** Cut documents to this many tokens before anything else (Cohere v2). */
-  maxTokensPerDoc: number | undefined;
-  modeWeights: Static<typeof ModeWeightsSchema> | undefined;
-  truncate: boolean;
-  /** Epoch milliseconds after which the request is abandoned. */
-  deadline: number;
-}
-
-interface Ranked {
-  model: string;
-  /** Score of every document, in input order. */
-  scores: number[];
-  tokens: number;
-}
-
-/** The model a rerank request names: a reranker, or an embedding model (cosine / M3 hybrid). */
-function pickModel(ctx: AppContext, name: string | undefined): ServedModel {
-  if (!ctx.state.ready && ctx.registry.models.length === 0) {
-    throw new ApiError(503, "models are still loading; retry shortly", {
-      code: "model_loading",
-      retryAfterSeconds: 2,
-    });
-  }
-  const found = ctx.registry.find(name);
-  if (found) return found;
-  const rerankers = ctx.registry.rerankers();
-  const embedders = ctx.registry.embedders();
-  if (name === undefined || !ctx.config.strictModels) {
-    if (rerankers.length === 1) return rerankers[0] as ServedReranker;
-    if (rerankers.length === 0 && embedders.length === 1) return embedders[0] as ServedEmbedder;
-  }
-  const served = ctx.registry.models.map((m) => m.id).join(", ") || "none";
-  throw new ApiError(404, `The model \`${name}\` is not served here; served: ${served}`, {
-    code: "model_not_found",
-    param: "model",
-  });
-}
-
-/** Windows of `size` ids stepping by three quarters of a window, at most `max` of them. */
-function windows(ids: number[], size: number, max: number): number[][] {
-  if (ids.length <= size || max <= 1) return [ids];
-  const stride = Math.max(1, Math.floor((size * 3) / 4));
-  const out: number[][] = [];
-  for (let start = 0; out.length < max; start += stride) {
-    out.push(ids.slice(start, start + size));
-    if (start + size >= ids.length) break;
-  }
-  return out;
-}
-
-async function rerankWithCrossEncoder(
-  ctx: AppContext,
-  model: ServedReranker,
-  call: RerankCall,
-): Promise<Ranked> {
-  const tok = model.tokenizer;
-  const maxLength = model.maxInputTokens;
-  const docs =
-    call.maxTokensPerDoc === undefined
-      ? call.documents
-      : call.documents.map((d) => capTokens(model, d, call.maxTokensPerDoc as number));
-  // Every window gets the query budget FlagEmbedding gives it; the passage fills the rest.
-  const q =
-    call.maxChunks > 1
-      ? tok.encodeWithoutSpecials(model.withQueryInstruction(call.query), Math.floor((maxLength * 3) / 4))
-      : [];
-  const room = Math.max(1, maxLength - q.length - tok.numSpecialTokens(true));
-  model.admit(docs.length);
-  const perDoc = await mapYielding(
-    docs,
-    (doc, i): Encoding[] => {
-      if (call.maxChunks > 1) {
-        const p = tok.encodeWithoutSpecials(model.withPassageInstruction(doc), room * call.maxChunks);
-        return windows(p, room, call.maxChunks).map((w) => tok.withSpecialTokens(q, w));
-      }
-      if (!call.truncate) checkPairLength(model, call.query, doc, i);
-      return [model.encodePair(call.query, doc)];
-    },
-    call.deadline,
-  );
-  const encodings = perDoc.flat();
-  const owner = perDoc.flatMap((chunks, i) => chunks.map(() => i));
-  const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
-  if (tokens > ctx.config.limits.maxRequestTokens)
-    throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens);
-  const chunkScores = await model.score(encodings, !call.rawScores, call.deadline);
-  const scores = new Array<number>(docs.length).fill(Number.NEGATIVE_INFINITY);
-  chunkScores.forEach((s, k) => {
-    const i = owner[k] as number;
-    scores[i] = Math.max(scores[i] as number, s);
-  });
-  return { model: model.id, scores, tokens };
-}
-
-function capTokens(model: ServedModel, text: string, max: number): string {
-  const ids = model.tokenizer.encodeWithoutSpecials(text, max);
-  return ids.length < max ? text : model.tokenizer.decode(ids, false);
-}
-
-function checkPairLength(model: ServedReranker, query: string, doc: string, index: number): void {
-  const n = model.tokenizer.countTokens(query) + model.tokenizer.countTokens(doc) - 1;
-  if (n > model.maxInputTokens) {
-    throw badRequest(
-      `documents[${index}] with the query has ${n} tokens, more than the model's limit of ${model.maxInputTokens}; send it shorter or allow truncation`,
-      "documents",
-      "context_length_exceeded",
-    );
-  }
-}
-
-async function rerankWithEmbedder(ctx: AppContext, model: ServedEmbedder, call: RerankCall): Promise<Ranked> {
-  const docs =
-    call.maxTokensPerDoc === undefined
-      ? call.documents
-      : call.documents.map((d) => capTokens(model, d, call.maxTokensPerDoc as number));
-  const [q] = await model.tokenize({
-    texts: [call.query],
-    inputType: "query",
-    truncate: call.truncate,
-    deadline: call.deadline,
-  });
-  const d = await model.tokenize({
-    texts: docs,
-    inputType: "passage",
-    truncate: call.truncate,
-    deadline: call.deadline,
-  });
-  const encodings = [q as Encoding, ...d];
-  const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
-  if (tokens > ctx.config.limits.maxRequestTokens)
-    throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens);
-  if (call.modeWeights) {
-    const raws = await model.run(encodings, { dense: true, sparse: true, colbert: true }, call.deadline);
-    const scores = m3Hybrid(model, encodings, raws, call.modeWeights as ModeWeights);
-    return { model: model.id, scores, tokens };
-  }
-  const vectors = finalizeEmbeddings(await model.embed(encodings, call.deadline), {
-    normalize: true,
-    truncateDim: null,
-  });
-  const query = vectors.row(0);
-  return { model: model.id, scores: d.map((_, i) => dot(query, vectors.row(i + 1))), tokens };
-}
-
-async function rerank(ctx: AppContext, call: RerankCall): Promise<Ranked> {
-  const model = pickModel(ctx, call.model);
-  if (call.documents.length === 0) throw badRequest("documents must not be empty", "documents", "empty");
-  if (call.documents.length > ctx.config.limits.maxInputs) {
-    throw badRequest(
-      `documents has ${call.documents.length} items; at most ${ctx.config.limits.maxInputs} are accepted per request`,
-      "documents",
-    );
-  }
-  if (call.maxChunks < 1) throw badRequest("max_chunks_per_doc must be at least 1", "max_chunks_per_doc");
-  if (call.modeWeights && !(call.modeWeights.reduce((a, b) => a + b, 0) > 0)) {
-    throw badRequest("mode_weights must not all be zero", "mode_weights");
-  }
-  if (call.modeWeights && !(model.kind === "embedding" && model.info.m3)) {
-    throw badRequest(
-      `mode_weights needs a BGE-M3 model; ${model.id} cannot produce sparse or ColBERT scores`,
-      "mode_weights",
-    );
-  }
-  if (call.maxTokensPerDoc !== undefined && call.maxTokensPerDoc < 1) {
-    throw badRequest("max_tokens_per_doc must be at least 1", "max_tokens_per_doc");
-  }
-  const ranked =
-    model.kind === "rerank"
-      ? await rerankWithCrossEncoder(ctx, model, call)
-      : await rerankWithEmbedder(ctx, model, call);
-  ctx.metrics.inputs.inc({ model: ranked.model }, call.documents.length);
-  ctx.metrics.tokens.inc({ model: ranked.model }, ranked.tokens);
-  return ranked;
-}
-
-/** Indices best first (ties keep input order), cut to top_n. */
-function topIndices(scores: number[], topN: number | undefined): number[] {
-  if (topN !== undefined && topN < 1) throw badRequest("top_n must be at least 1", "top_n");
-  const order = scores
-    .map((_, i) => i)
-    .sort((a, b) => (scores[b] as number) - (scores[a] as number) || a - b);
-  return topN === undefined ? order : order.slice(0, topN);
-}
-
 function documentText(d: Static<typeof DocumentItem>, i: number): string {
   if (typeof d === "string") return d;
   if (typeof d.text !== "string") throw badRequest(`documents[${i}] needs a text field`, "documents");
@@ -306,14 +110,15 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         rawScores: b.raw_scores ?? false,
         maxChunks: b.max_chunks_per_doc ?? 1,
         maxTokensPerDoc: undefined,
-        modeWeights: b.mode_weights,
+        modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: true,
+        topN: b.top_n,
         deadline: request.deadline,
       });
       return {
         id: randomUUID(),
         model: ranked.model,
-        results: topIndices(ranked.scores, b.top_n).map((index) => ({
+        results: ranked.order.map((index) => ({
           index,
           relevance_score: ranked.scores[index] as number,
           ...(b.return_documents ? { document: { text: documents[index] as string } } : {}),
@@ -347,13 +152,14 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         rawScores: b.raw_scores ?? false,
         maxChunks: 1,
         maxTokensPerDoc: b.max_tokens_per_doc,
-        modeWeights: b.mode_weights,
+        modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: true,
+        topN: b.top_n,
         deadline: request.deadline,
       });
       return {
         id: randomUUID(),
-        results: topIndices(ranked.scores, b.top_n).map((index) => ({
+        results: ranked.order.map((index) => ({
           index,
           relevance_score: ranked.scores[index] as number,
         })),
@@ -388,11 +194,12 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         rawScores: b.raw_scores ?? false,
         maxChunks: 1,
         maxTokensPerDoc: undefined,
-        modeWeights: b.mode_weights,
+        modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: b.truncate ?? true,
+        topN: undefined,
         deadline: request.deadline,
       });
-      return topIndices(ranked.scores, undefined).map((index) => ({
+      return ranked.order.map((index) => ({
         index,
         score: ranked.scores[index] as number,
         ...(b.return_text ? { text: b.texts[index] as string } : {}),

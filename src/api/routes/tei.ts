@@ -1,12 +1,9 @@
 import { Type as T } from "@sinclair/typebox";
 import type { Float32Matrix } from "../../runtime/matrix.js";
-import type { Encoding } from "../../runtime/tokenizer.js";
-import type { ServedEmbedder } from "../../serving/models.js";
-import { checkDimensions, finalizeEmbeddings, readInputs } from "../encode.js";
-import { badRequest } from "../errors.js";
+import { type EmbedRequest, embed, requireEmbedder } from "../../serving/embed.js";
+import { decode, promptPrefix, tokenize } from "../../serving/tokenize.js";
+import { type App, type AppContext, VERSION } from "../context.js";
 import { TeiDecodeRequest, TeiEmbedRequest, TeiToken, TeiTokenizeRequest, teiErrors } from "../schemas.js";
-import { type App, type AppContext, VERSION } from "../server.js";
-import { encodeInputs, requireEmbedder } from "./openai.js";
 
 const tei = { dialect: "tei" as const };
 
@@ -15,43 +12,22 @@ const tei = { dialect: "tei" as const };
  * model; here a request may name one with an extra `model` field, else the first embedder answers.
  */
 export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
-  const pick = (body: unknown) => requireEmbedder(ctx, (body as { model?: string }).model);
-
-  /** TEI inputs -> tokenized inputs: prompt_name resolved, truncation and its direction applied. */
-  const teiEncodings = async (
-    model: ServedEmbedder,
-    body: TeiEmbedRequest,
-    deadline: number,
-  ): Promise<Encoding[]> => {
-    const raw = readInputs(body.inputs, "inputs", ctx.config.limits.maxInputs);
-    let prompt = "";
-    if (body.prompt_name) {
-      const found = model.promptFor(body.prompt_name);
-      if (found === undefined) {
-        const known = ["query", "passage", ...Object.keys(model.prompts)];
-        throw badRequest(
-          `unknown prompt_name "${body.prompt_name}"; known: ${known.join(", ")}`,
-          "prompt_name",
-        );
-      }
-      prompt = found;
-    }
-    // Without prompt_name TEI embeds the text as given: no instruction.
-    const encodings = await encodeInputs(ctx, model, raw, {
+  /** A TEI embed body as a service request: prompt_name resolved, truncation and its direction. */
+  const embedRequest = (body: TeiEmbedRequest, deadline: number): EmbedRequest => {
+    const model = requireEmbedder(ctx, (body as { model?: string }).model);
+    return {
+      model: model.id,
+      input: body.inputs,
+      param: "inputs",
+      // Without prompt_name TEI embeds the text as given: no instruction.
       inputType: "passage",
-      prompt,
+      prompt: promptPrefix(model, body.prompt_name),
       truncate: body.truncate ?? true,
       ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
       idsAre: "model",
-      param: "inputs",
+      dimensions: body.dimensions ?? null,
       deadline,
-    });
-    ctx.metrics.inputs.inc({ model: model.id }, encodings.length);
-    ctx.metrics.tokens.inc(
-      { model: model.id },
-      encodings.reduce((n, e) => n + e.ids.length, 0),
-    );
-    return encodings;
+    };
   };
 
   app.post(
@@ -67,16 +43,11 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     },
     async (request, reply) => {
       const body = request.body;
-      const model = pick(body);
-      checkDimensions(body.dimensions, model.dimension);
-      const encodings = await teiEncodings(model, body, request.deadline);
-      const pooled = await model.embed(encodings, request.deadline);
-      const vectors = finalizeEmbeddings(pooled, {
-        dimensions: body.dimensions ?? null,
+      const result = await embed(ctx, {
+        ...embedRequest(body, request.deadline),
         normalize: body.normalize ?? true,
-        truncateDim: model.info.truncateDim,
       });
-      return reply.send(vectors.toArrays());
+      return reply.send((result.vectors as Float32Matrix).toArrays());
     },
   );
 
@@ -95,18 +66,13 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       config: tei,
     },
     async (request) => {
-      const body = request.body;
-      const model = pick(body);
-      if (!model.info.m3)
-        throw badRequest(`${model.id} has no sparse head; /embed_sparse needs a BGE-M3 model`, "model");
-      const encodings = await teiEncodings(model, body, request.deadline);
-      const raws = await model.run(
-        encodings,
-        { dense: false, sparse: true, colbert: false },
-        request.deadline,
-      );
-      return raws.map((r, i) => {
-        const { indices, values } = model.sparseVector(r, encodings[i] as Encoding);
+      const want = { dense: false, sparse: true };
+      const result = await embed(ctx, { ...embedRequest(request.body, request.deadline), want });
+      return result.raws.map((r, i) => {
+        const { indices, values } = result.model.sparseVector(
+          r,
+          result.encodings[i] as (typeof result.encodings)[number],
+        );
         return indices.map((index, k) => ({ index, value: values[k] as number }));
       });
     },
@@ -125,13 +91,11 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       config: tei,
     },
     async (request) => {
-      const body = request.body;
-      const model = pick(body);
-      const encodings = await teiEncodings(model, body, request.deadline);
-      const want = { dense: false, sparse: false, colbert: model.info.m3, tokens: true };
-      const raws = await model.run(encodings, want, request.deadline);
-      return raws.map((r) =>
-        (model.info.m3 ? model.colbertVectors(r) : (r.colbert as Float32Matrix)).toArrays(),
+      const req = embedRequest(request.body, request.deadline);
+      const m3 = ctx.registry.embedder(req.model, true)?.info.m3 ?? false;
+      const result = await embed(ctx, { ...req, want: { dense: false, colbert: m3, tokens: true } });
+      return result.raws.map((r) =>
+        (m3 ? result.model.colbertVectors(r) : (r.colbert as Float32Matrix)).toArrays(),
       );
     },
   );
@@ -149,24 +113,12 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     },
     async (request) => {
       const body = request.body;
-      const model = pick(body);
-      const texts = typeof body.inputs === "string" ? [body.inputs] : body.inputs;
-      if (texts.length === 0) throw badRequest("inputs must not be empty", "inputs", "empty");
-      if (texts.length > ctx.config.limits.maxInputs) throw badRequest("too many inputs", "inputs");
-      const prefix = body.prompt_name ? (model.promptFor(body.prompt_name) ?? "") : "";
-      const tok = model.tokenizer;
-      return texts.map((t) => {
-        const ids =
-          body.add_special_tokens === false
-            ? tok.encodeWithoutSpecials(prefix + t)
-            : tok.encode(prefix + t, undefined).ids;
-        return ids.map((id) => ({
-          id,
-          text: tok.idToToken(id) ?? "",
-          special: tok.specialIds.has(id),
-          start: null,
-          stop: null,
-        }));
+      return tokenize(ctx, {
+        model: (body as { model?: string }).model,
+        inputs: body.inputs,
+        addSpecialTokens: body.add_special_tokens !== false,
+        promptName: body.prompt_name,
+        deadline: request.deadline,
       });
     },
   );
@@ -184,9 +136,12 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
     },
     async (request) => {
       const body = request.body;
-      const model = pick(body);
       const ids = (body.ids.length > 0 && Array.isArray(body.ids[0]) ? body.ids : [body.ids]) as number[][];
-      return ids.map((seq) => model.tokenizer.decode(seq, body.skip_special_tokens ?? true));
+      return decode(ctx, {
+        model: (body as { model?: string }).model,
+        ids,
+        skipSpecialTokens: body.skip_special_tokens ?? true,
+      });
     },
   );
 
@@ -231,10 +186,10 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
           ({ fp16: "float16", fp32: "float32" } as Record<string, string>)[model.info.dtype] ??
           model.info.dtype,
         model_type: { embedding: { pooling: model.pooling } },
-        max_concurrent_requests: ctx.config.scheduler.maxQueuedInputs ?? 16384,
+        max_concurrent_requests: ctx.config.scheduler.maxQueuedInputs,
         max_input_length: model.maxInputTokens,
-        max_batch_tokens: ctx.config.scheduler.maxBatchTokens ?? 16384,
-        max_batch_requests: ctx.config.scheduler.maxBatchSize ?? 64,
+        max_batch_tokens: ctx.config.scheduler.maxBatchTokens,
+        max_batch_requests: ctx.config.scheduler.maxBatchSize,
         max_client_batch_size: ctx.config.limits.maxInputs,
         auto_truncate: true,
         tokenization_workers: 1,

@@ -1,10 +1,7 @@
 import { Tiktoken } from "js-tiktoken/lite";
 import cl100k from "js-tiktoken/ranks/cl100k_base";
 import type { Float32Matrix } from "../runtime/matrix.js";
-
-export { float32Base64, float32Json } from "../runtime/float-format.js";
-
-import { type ApiError, badRequest } from "./errors.js";
+import { invalid, type RequestError } from "./errors.js";
 
 /** Inputs as a client sent them: texts, or token ids (one array per input). */
 export type RawInputs = { texts: string[] } | { ids: number[][] };
@@ -15,44 +12,39 @@ export type RawInputs = { texts: string[] } | { ids: number[][] };
  */
 export function readInputs(input: unknown, param: string, maxInputs: number): RawInputs {
   if (typeof input === "string") return { texts: [input] };
-  if (!Array.isArray(input)) throw badRequest(`${param} must be a string or an array`, param);
-  if (input.length === 0) throw badRequest(`${param} must not be empty`, param, "empty");
+  if (!Array.isArray(input)) throw invalid(`${param} must be a string or an array`, param);
+  if (input.length === 0) throw invalid(`${param} must not be empty`, param, "empty");
   if (input.length > maxInputs) {
-    throw badRequest(
-      `${param} has ${input.length} items; at most ${maxInputs} are accepted per request`,
-      param,
-    );
+    throw invalid(`${param} has ${input.length} items; at most ${maxInputs} are accepted per request`, param);
   }
   if (input.every((x) => typeof x === "string")) return { texts: input as string[] };
   if (input.every((x) => Number.isInteger(x))) return { ids: [input as number[]] };
   if (input.every((x) => Array.isArray(x) && x.every((y) => Number.isInteger(y)))) {
-    const ids = input as number[][];
-    if (ids.length > maxInputs) throw badRequest(`${param} has too many items`, param);
-    return { ids };
+    return { ids: input as number[][] };
   }
-  throw badRequest(`${param} mixes types: use all strings, or all token ids`, param);
+  throw invalid(`${param} mixes types: use all strings, or all token ids`, param);
 }
 
 let tiktoken: Tiktoken | undefined;
-let cl100kMax = 0;
+
+/** cl100k_base: ranks 0..100255, then special tokens at these ids only (the ids between are unused). */
+const CL100K_RANKS = 100256;
+const CL100K_SPECIAL = new Set([100257, 100258, 100259, 100260, 100276]);
 
 /** Decode cl100k_base token ids to text (LangChain's Python OpenAIEmbeddings sends these). */
 export function decodeCl100k(ids: number[][], param: string): string[] {
-  if (!tiktoken) {
-    tiktoken = new Tiktoken(cl100k);
-    cl100kMax = 100276; // highest id of cl100k_base, special tokens included
-  }
+  tiktoken ??= new Tiktoken(cl100k);
   const enc = tiktoken;
   return ids.map((seq, i) => {
     for (const id of seq) {
-      if (id < 0 || id > cl100kMax) {
-        throw badRequest(`${param}[${i}] has token id ${id}, outside the cl100k_base vocabulary`, param);
+      if (!(Number.isInteger(id) && ((id >= 0 && id < CL100K_RANKS) || CL100K_SPECIAL.has(id)))) {
+        throw invalid(`${param}[${i}] has token id ${id}, outside the cl100k_base vocabulary`, param);
       }
     }
     try {
       return enc.decode(seq);
     } catch (err) {
-      throw badRequest(
+      throw invalid(
         `${param}[${i}] cannot be decoded as cl100k_base tokens: ${(err as Error).message}`,
         param,
       );
@@ -65,7 +57,7 @@ export function checkVocabIds(ids: number[][], vocabSize: number, param: string)
   ids.forEach((seq, i) => {
     for (const id of seq) {
       if (id < 0 || id >= vocabSize) {
-        throw badRequest(
+        throw invalid(
           `${param}[${i}] has token id ${id}, outside the model's vocabulary of ${vocabSize}`,
           param,
         );
@@ -91,10 +83,10 @@ export function checkDimensions(
 ): void {
   if (dimensions === undefined || dimensions === null) return;
   if (!Number.isInteger(dimensions) || dimensions < 1 || dimensions > modelDims) {
-    throw badRequest(`${param} must be between 1 and ${modelDims} for this model, got ${dimensions}`, param);
+    throw invalid(`${param} must be between 1 and ${modelDims} for this model, got ${dimensions}`, param);
   }
 }
 
-export function tooManyTokens(total: number, limit: number): ApiError {
-  return badRequest(`the request has ${total} tokens; at most ${limit} are accepted per request`, "input");
+export function tooManyTokens(total: number, limit: number, param = "input"): RequestError {
+  return invalid(`the request has ${total} tokens; at most ${limit} are accepted per request`, param);
 }

@@ -1,38 +1,13 @@
-import { sigmoid } from "../models/abs-reranker.js";
+import type { SchedulerOptions } from "../config.js";
 import { formatInstruction } from "../models/instruction.js";
-import { lexicalWeightsOf, type M3Raw, specialIds } from "../models/m3.js";
-import { mappingKey } from "../models/mapping.js";
-import { encodePair } from "../models/reranker.js";
-import { readJsonIfExists } from "../runtime/files.js";
+import { encodePair } from "../models/pair.js";
+import { lexicalWeightsOf, type M3Raw, sigmoid, specialIds } from "../models/scoring.js";
 import { Float32Matrix } from "../runtime/matrix.js";
-import { type Encoding, type Side, TextTokenizer } from "../runtime/tokenizer.js";
-import type { EmbedItem, Executor, InputType, ModelInfo, ModelSpec, Want } from "./executor.js";
-import { BatchScheduler, type BatchStats, type SchedulerOptions } from "./scheduler.js";
+import type { Encoding, Side, TextTokenizer } from "../runtime/tokenizer.js";
+import { InputTooLongError } from "./errors.js";
+import type { EmbedItem, Executor, InputType, ModelInfo, Want } from "./executor.js";
+import { BatchScheduler, type SchedulerObserver } from "./scheduler.js";
 import { mapYielding } from "./yielding.js";
-
-export type { InputType, ModelSpec };
-
-/** Parse `ID_OR_DIR[=ALIAS]`. */
-export function parseModelArg(arg: string): { source: string; alias?: string } {
-  const eq = arg.lastIndexOf("=");
-  if (eq > 0 && eq < arg.length - 1) return { source: arg.slice(0, eq), alias: arg.slice(eq + 1) };
-  return { source: arg };
-}
-
-/** Raised when an input is longer than the model accepts and truncation was refused. */
-export class InputTooLongError extends Error {
-  readonly index: number;
-  readonly tokens: number;
-  readonly limit: number;
-  constructor(index: number, tokens: number, limit: number) {
-    super(
-      `input ${index} has ${tokens} tokens, more than the model's limit of ${limit}; send it shorter or allow truncation`,
-    );
-    this.index = index;
-    this.tokens = tokens;
-    this.limit = limit;
-  }
-}
 
 export interface EmbedCall {
   texts: string[];
@@ -98,7 +73,7 @@ export class ServedEmbedder extends ServedBase {
       defaultInputType?: InputType;
       prompts?: Record<string, string>;
       scheduler?: Partial<SchedulerOptions>;
-      onBatch?: (s: BatchStats) => void;
+      observer?: SchedulerObserver;
     },
   ) {
     super(info, tokenizer);
@@ -107,7 +82,7 @@ export class ServedEmbedder extends ServedBase {
     this.scheduler = new BatchScheduler<EmbedItem, M3Raw>(
       (items, slot) => executor.embed(info.id, items, slot),
       { concurrency: executor.slots, ...opts.scheduler },
-      opts.onBatch,
+      opts.observer,
     );
   }
 
@@ -218,13 +193,13 @@ export class ServedReranker extends ServedBase {
     info: ModelInfo,
     tokenizer: TextTokenizer,
     executor: Executor,
-    opts: { scheduler?: Partial<SchedulerOptions>; onBatch?: (s: BatchStats) => void },
+    opts: { scheduler?: Partial<SchedulerOptions>; observer?: SchedulerObserver },
   ) {
     super(info, tokenizer);
     this.scheduler = new BatchScheduler<Encoding, number>(
       async (items, slot) => Array.from(await executor.score(info.id, items, slot)),
       { concurrency: executor.slots, ...opts.scheduler },
-      opts.onBatch,
+      opts.observer,
     );
   }
 
@@ -269,78 +244,3 @@ export class ServedReranker extends ServedBase {
 }
 
 export type ServedModel = ServedEmbedder | ServedReranker;
-
-/** Build the HTTP-side view of loaded models: tokenizers, prompts, schedulers. */
-export async function serveModels(
-  infos: ModelInfo[],
-  specs: ModelSpec[],
-  executor: Executor,
-  scheduler: Partial<SchedulerOptions>,
-  onBatch: (model: string) => (s: BatchStats) => void,
-): Promise<ServedModel[]> {
-  const out: ServedModel[] = [];
-  for (const [i, info] of infos.entries()) {
-    const tokenizer = await TextTokenizer.fromDir(info.dir);
-    if (info.kind === "rerank") {
-      out.push(new ServedReranker(info, tokenizer, executor, { scheduler, onBatch: onBatch(info.id) }));
-      continue;
-    }
-    const st = await readJsonIfExists(`${info.dir}/config_sentence_transformers.json`);
-    const prompts = Object.fromEntries(
-      Object.entries((st?.prompts as Record<string, unknown> | undefined) ?? {}).filter(
-        (e): e is [string, string] => typeof e[1] === "string",
-      ),
-    );
-    const defaultInputType = specs[i]?.defaultInputType;
-    out.push(
-      new ServedEmbedder(info, tokenizer, executor, {
-        prompts,
-        scheduler,
-        onBatch: onBatch(info.id),
-        ...(defaultInputType ? { defaultInputType } : {}),
-      }),
-    );
-  }
-  return out;
-}
-
-/** Served models by public name, with the lookup rules of the OpenAI-compatible routes. */
-export class ModelRegistry {
-  readonly models: ServedModel[] = [];
-
-  add(model: ServedModel): void {
-    if (this.models.some((m) => m.id === model.id)) {
-      throw new Error(`two models are served as "${model.id}"; give one an alias (--model ID=ALIAS)`);
-    }
-    this.models.push(model);
-  }
-
-  embedders(): ServedEmbedder[] {
-    return this.models.filter((m): m is ServedEmbedder => m.kind === "embedding");
-  }
-
-  rerankers(): ServedReranker[] {
-    return this.models.filter((m): m is ServedReranker => m.kind === "rerank");
-  }
-
-  find(name: string | undefined): ServedModel | undefined {
-    if (name === undefined) return undefined;
-    return this.models.find((m) => m.id === name || m.source === name || mappingKey(m.source) === name);
-  }
-
-  /**
-   * The embedding model a request names. With exactly one embedding model served, other names
-   * (e.g. "text-embedding-3-small") are served by it unless strict; undefined means 404.
-   */
-  embedder(name: string | undefined, strict: boolean): ServedEmbedder | undefined {
-    const found = this.find(name);
-    if (found) return found.kind === "embedding" ? found : undefined;
-    const all = this.embedders();
-    if (name === undefined) return all[0];
-    return !strict && all.length === 1 ? all[0] : undefined;
-  }
-
-  async close(): Promise<void> {
-    await Promise.all(this.models.map((m) => m.close()));
-  }
-}

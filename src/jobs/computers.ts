@@ -1,14 +1,15 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Value } from "@sinclair/typebox/value";
-import type { Computers } from "../jobs/engine.js";
-import { batchErrorLine } from "../jobs/engine.js";
+import { toApiError } from "../api/error-mapping.js";
+import { ApiError } from "../api/errors.js";
+import { embeddingsResponse } from "../api/openai-embeddings.js";
+import { EmbeddingsRequest } from "../api/schemas.js";
+import type { ServingContext } from "../serving/context.js";
+import { embed } from "../serving/embed.js";
 import { OverloadedError } from "../serving/scheduler.js";
-import { finalizeEmbeddings } from "./encode.js";
-import { ApiError } from "./errors.js";
-import { type EmbeddingsContext, embeddingsResponse } from "./routes/openai.js";
-import { EmbeddingsRequest } from "./schemas.js";
-import { toApiError } from "./server.js";
+import { batchErrorLine } from "./batch-lines.js";
+import type { Computers } from "./chunks.js";
 
 /** A job chunk may wait this long for the device workers (jobs are not interactive). */
 const JOB_DEADLINE_MS = 15 * 60_000;
@@ -25,26 +26,33 @@ async function whenAdmitted<T>(work: () => Promise<T>): Promise<T> {
   }
 }
 
-/** How job chunks are computed with the served models, in the API process or a worker process. */
-export function jobComputers(ctx: EmbeddingsContext): Computers {
+/**
+ * How job chunks are computed with the served models, in the API process or a worker process.
+ * A Batch API line is answered exactly as POST /v1/embeddings would answer it, so this module
+ * uses that route's schema, error mapping and response format (none of which loads Fastify).
+ */
+export function jobComputers(ctx: ServingContext): Computers {
   return {
     embed: async (modelName, texts, opts) => {
-      const model = ctx.registry.embedder(modelName, true);
-      if (!model) throw new Error(`model ${modelName} is not served by this worker`);
       const deadline = Date.now() + JOB_DEADLINE_MS;
-      const encodings = await whenAdmitted(() =>
-        model.tokenize({ texts, inputType: opts.inputType, truncate: true, deadline }),
+      // A chunk is one request of its own size, for the model it was created for.
+      const limits = { ...ctx.config.limits, maxInputs: Math.max(ctx.config.limits.maxInputs, texts.length) };
+      const result = await whenAdmitted(() =>
+        embed(
+          { ...ctx, config: { ...ctx.config, strictModels: true, limits } },
+          {
+            model: modelName,
+            input: texts,
+            param: "input",
+            inputType: opts.inputType,
+            truncate: true,
+            idsAre: "model",
+            dimensions: opts.dimensions,
+            deadline,
+          },
+        ),
       );
-      const pooled = await whenAdmitted(() => model.embed(encodings, deadline));
-      const vectors = finalizeEmbeddings(pooled, {
-        dimensions: opts.dimensions,
-        normalize: model.info.normalize,
-        truncateDim: model.info.truncateDim,
-      });
-      const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
-      ctx.metrics.inputs.inc({ model: model.id }, texts.length);
-      ctx.metrics.tokens.inc({ model: model.id }, tokens);
-      return { vectors, tokens };
+      return { vectors: result.vectors as NonNullable<typeof result.vectors>, tokens: result.tokens };
     },
 
     batch: async (lines) => {
@@ -71,7 +79,7 @@ export function jobComputers(ctx: EmbeddingsContext): Computers {
 type Answer = { ok: true; line: string; tokens: number } | { ok: false; line: string };
 
 /** One Batch API request line -> its output line (200) or error-file line (4xx/5xx or malformed). */
-async function answerLine(ctx: EmbeddingsContext, line: string): Promise<Answer> {
+async function answerLine(ctx: ServingContext, line: string): Promise<Answer> {
   let request: { custom_id?: unknown; method?: unknown; url?: unknown; body?: unknown };
   try {
     request = JSON.parse(line) as typeof request;

@@ -1,5 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
-import type { BatchStats } from "../serving/scheduler.js";
+import type { SchedulerObserver } from "./scheduler.js";
 
 /** Prometheus metrics of one server: HTTP traffic, tokens, batches and queues. */
 export class Metrics {
@@ -74,15 +74,17 @@ export class Metrics {
     collectDefaultMetrics({ register: this.registry, prefix: "flagserve_", eventLoopMonitoringPrecision: 1 });
   }
 
-  /** A scheduler hook that records one model's batches. */
-  batchObserver(model: () => string): (s: BatchStats) => void {
-    return (s) => {
-      const name = model();
-      this.batchRows.observe({ model: name }, s.rows);
-      this.batchRequests.observe({ model: name }, s.requests);
-      this.batchTokens.inc({ model: name, kind: "real" }, s.realTokens);
-      this.batchTokens.inc({ model: name, kind: "computed" }, s.paddedTokens);
-      this.batchSeconds.observe({ model: name }, s.seconds);
+  /** A scheduler observer that records one model's batches and refusals. */
+  schedulerObserver(model: string): SchedulerObserver {
+    return {
+      batch: (s) => {
+        this.batchRows.observe({ model }, s.rows);
+        this.batchRequests.observe({ model }, s.requests);
+        this.batchTokens.inc({ model, kind: "real" }, s.realTokens);
+        this.batchTokens.inc({ model, kind: "computed" }, s.paddedTokens);
+        this.batchSeconds.observe({ model }, s.seconds);
+      },
+      rejected: (reason) => this.rejected.inc({ model, reason }),
     };
   }
 }
