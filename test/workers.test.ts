@@ -1,8 +1,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { type RunningServer, startServer } from "../src/api/start.js";
+import { FlagserveError } from "../src/runtime/errors.js";
+import { TextTokenizer } from "../src/runtime/tokenizer.js";
 import type { ModelSpec } from "../src/serving/executor.js";
-import { parseWorkerDevices } from "../src/serving/worker-pool.js";
+import { DeadlineError } from "../src/serving/scheduler.js";
+import { parseWorkerDevices, WorkerPoolExecutor } from "../src/serving/worker-pool.js";
 import { maxAbsDiff, modelPath } from "./helpers.js";
 
 const TINY: ModelSpec = {
@@ -85,6 +88,53 @@ describe("dynamic batching across worker processes", () => {
 });
 
 describe("fault tolerance", () => {
+  test("an error raised in a device worker keeps its kind across the process boundary", async () => {
+    const pool = new WorkerPoolExecutor(parseWorkerDevices("cpu", 2));
+    try {
+      await pool.load([TINY]);
+      const item = { ids: [2, 3], typeIds: [0, 0], want: { dense: true, sparse: false, colbert: false } };
+      await assert.rejects(pool.embed("no-such-model", [item], 0), (err) => {
+        assert.ok(err instanceof FlagserveError, String(err));
+        assert.equal(err.kind, "invalid_input");
+        return true;
+      });
+    } finally {
+      await pool.close();
+    }
+  });
+
+  test("a batch past its timeout is answered with a timeout and restarts one worker, not every worker it is retried on", async () => {
+    const events: string[] = [];
+    // 1 ms: any real batch overruns it, so the timeout path runs deterministically.
+    const pool = new WorkerPoolExecutor(parseWorkerDevices("cpu:2", 2), {
+      batchTimeoutMs: 1,
+      onEvent: (e) => events.push(e),
+    });
+    try {
+      const [info] = await pool.load([TINY]);
+      const tok = await TextTokenizer.fromDir(info?.dir as string);
+      const items = Array.from({ length: 64 }, (_, i) => ({
+        ...tok.encode(text(i).repeat(8), 512),
+        want: { dense: true, sparse: false, colbert: false },
+      }));
+      await assert.rejects(pool.embed("tiny", items, 0), (err) => {
+        assert.ok(err instanceof DeadlineError, String(err));
+        assert.match((err as Error).message, /ran longer than .* its worker was restarted/);
+        return true;
+      });
+      // Wait for the killed worker's restart; a retry of the batch would then kill the other one too.
+      const restarts = () => pool.status().reduce((n, w) => n + w.restarts, 0);
+      for (let i = 0; i < 400 && !(restarts() >= 1 && pool.status().every((w) => w.live)); i++) {
+        await new Promise((r) => setTimeout(r, 25));
+      }
+      await new Promise((r) => setTimeout(r, 500));
+      assert.equal(restarts(), 1, `workers: ${JSON.stringify(pool.status())}; events: ${events.join(", ")}`);
+      assert.equal(events.filter((e) => e.startsWith("batch timed out")).length, 1);
+    } finally {
+      await pool.close();
+    }
+  });
+
   test("kill -9 a worker under load: every request completes or fails cleanly, the pool recovers", async () => {
     const server = await startServer([TINY], {
       ...quiet,

@@ -1,5 +1,6 @@
 // A device worker: one child process that owns one device and runs every served model on it.
 // It is the LocalExecutor behind an IPC channel; the HTTP process never holds model weights.
+import { isFlagserveError } from "../runtime/errors.js";
 import { LocalExecutor } from "./local-executor.js";
 import { type FromWorker, packRaws, type ToWorker, unpackBatch } from "./protocol.js";
 
@@ -7,6 +8,12 @@ const executor = new LocalExecutor();
 
 function send(msg: FromWorker): void {
   process.send?.(msg);
+}
+
+/** A failure as a message: the error's kind travels with it, so the HTTP side answers the right status. */
+function failed(id: number, err: unknown): FromWorker {
+  const message = err instanceof Error ? err.message : String(err);
+  return isFlagserveError(err) ? { type: "failed", id, message, kind: err.kind } : { type: "failed", id, message };
 }
 
 async function handle(msg: ToWorker): Promise<void> {
@@ -23,7 +30,7 @@ async function handle(msg: ToWorker): Promise<void> {
         const raws = await executor.embed(msg.model, unpackBatch(msg.batch), 0);
         send({ type: "embedded", id: msg.id, raws: packRaws(raws) });
       } catch (err) {
-        send({ type: "failed", id: msg.id, message: (err as Error).message });
+        send(failed(msg.id, err));
       }
       return;
     case "score":
@@ -31,7 +38,7 @@ async function handle(msg: ToWorker): Promise<void> {
         const scores = await executor.score(msg.model, unpackBatch(msg.batch), 0);
         send({ type: "scored", id: msg.id, scores: scores.slice() });
       } catch (err) {
-        send({ type: "failed", id: msg.id, message: (err as Error).message });
+        send(failed(msg.id, err));
       }
       return;
     case "shutdown":

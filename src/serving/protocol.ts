@@ -1,4 +1,5 @@
 import type { M3Raw } from "../models/scoring.js";
+import type { ErrorKind } from "../runtime/errors.js";
 import { Float32Matrix } from "../runtime/matrix.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import type { EmbedItem, ModelInfo, ModelSpec, Want } from "./executor.js";
@@ -42,7 +43,7 @@ export type FromWorker =
   | { type: "load_error"; message: string }
   | { type: "embedded"; id: number; raws: PackedRaws }
   | { type: "scored"; id: number; scores: Float32Array }
-  | { type: "failed"; id: number; message: string };
+  | { type: "failed"; id: number; message: string; kind?: ErrorKind };
 
 const WANT_BITS: (keyof Want)[] = ["dense", "sparse", "colbert", "tokens"];
 

@@ -7,6 +7,7 @@ import { parseDevice } from "../runtime/device.js";
 import { FlagserveError } from "../runtime/errors.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import type { EmbedItem, Executor, ModelInfo, ModelSpec } from "./executor.js";
+import { DeadlineError } from "./scheduler.js";
 import { type FromWorker, packBatch, type ToWorker, unpackRaws } from "./protocol.js";
 
 /** No device worker could run a batch (all down, or it crashed twice): answer 503, retry later. */
@@ -235,7 +236,7 @@ export class WorkerPoolExecutor implements Executor {
     if (!p) return;
     w.inflight.delete(m.id);
     if (p.timer) clearTimeout(p.timer);
-    if (m.type === "failed") p.reject(new Error(m.message));
+    if (m.type === "failed") p.reject(m.kind ? new FlagserveError(m.kind, m.message) : new Error(m.message));
     else p.resolve(m);
   }
 
@@ -303,7 +304,12 @@ export class WorkerPoolExecutor implements Executor {
     const w = target;
     w.inflight.set(p.msg.id, p);
     p.timer = setTimeout(() => {
-      this.options.onEvent?.("batch timed out: killing its worker", { device: w.slot.device });
+      // The batch itself is the problem: answer it now instead of retrying it on another worker
+      // (which it would stall too). Its worker is stuck in it, so it is restarted.
+      w.inflight.delete(p.msg.id);
+      const seconds = Math.round(this.options.batchTimeoutMs / 100) / 10;
+      p.reject(new DeadlineError(`a batch ran longer than ${seconds} s on ${w.slot.device}; its worker was restarted`));
+      this.options.onEvent?.("batch timed out: restarting its worker", { device: w.slot.device });
       w.proc?.kill("SIGKILL");
     }, this.options.batchTimeoutMs);
     p.timer.unref();
