@@ -118,7 +118,8 @@ async function answerLine(ctx: ServingContext, line: string): Promise<Answer> {
     return { ok: true, line: respond(200, JSON.parse(json)), tokens };
   } catch (err) {
     const e = toApiError(err);
-    if (e.status >= 500) throw err; // busy or broken workers: retry the chunk later
+    // Busy or restarting workers (503): retry the chunk later. Other failures are this line's answer.
+    if (e.status === 503) throw err;
     return {
       ok: false,
       line: respond(e.status, { error: { message: e.message, type: e.type, param: e.param, code: e.code } }),

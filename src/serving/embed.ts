@@ -2,7 +2,7 @@ import type { M3Raw } from "../models/scoring.js";
 import { Float32Matrix } from "../runtime/matrix.js";
 import type { Encoding, Side } from "../runtime/tokenizer.js";
 import type { ServingContext } from "./context.js";
-import { invalid, RequestError } from "./errors.js";
+import { checkFinite, invalid, RequestError } from "./errors.js";
 import type { InputType, Want } from "./executor.js";
 import {
   checkDimensions,
@@ -133,6 +133,9 @@ export async function embed(ctx: ServingContext, req: EmbedRequest): Promise<Emb
     deadline: req.deadline,
   });
   const raws = await model.run(encodings, want, req.deadline);
+  checkFinite(raws.map((r) => r.dense));
+  checkFinite(raws.map((r) => r.tokenWeights));
+  checkFinite(raws.map((r) => r.colbert?.data));
   const vectors = want.dense
     ? finalizeEmbeddings(
         Float32Matrix.fromRows(

@@ -42,3 +42,39 @@ export class InputTooLongError extends RequestError {
     this.limit = limit;
   }
 }
+
+/**
+ * The model produced NaN or infinite values for some inputs (a broken checkpoint, fp16 overflow).
+ * One rule on every route and format: the request fails and names the inputs, never a silent 0.
+ */
+export class NonFiniteOutputError extends Error {
+  readonly indices: number[];
+  constructor(indices: number[], what = "input") {
+    const shown = indices.slice(0, 10).join(", ") + (indices.length > 10 ? ", ..." : "");
+    super(
+      `the model produced non-finite values (NaN or infinity) for ${what} ${shown}; nothing is returned for this request`,
+    );
+    this.name = "NonFiniteOutputError";
+    this.indices = indices;
+  }
+}
+
+/** Throw NonFiniteOutputError when any row has a NaN or infinite value. */
+export function checkFinite(rows: ArrayLike<ArrayLike<number> | number | undefined>, what = "input"): void {
+  const bad: number[] = [];
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i];
+    if (r === undefined) continue;
+    if (typeof r === "number") {
+      if (!Number.isFinite(r)) bad.push(i);
+      continue;
+    }
+    for (let k = 0; k < r.length; k++) {
+      if (!Number.isFinite(r[k] as number)) {
+        bad.push(i);
+        break;
+      }
+    }
+  }
+  if (bad.length) throw new NonFiniteOutputError(bad, what);
+}

@@ -2,7 +2,7 @@ import { dot } from "../runtime/matrix.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import type { ServingContext } from "./context.js";
 import { modelsLoading } from "./embed.js";
-import { invalid, RequestError } from "./errors.js";
+import { checkFinite, invalid, RequestError } from "./errors.js";
 import { type ModeWeights, m3Hybrid } from "./hybrid.js";
 import { finalizeEmbeddings, tooManyTokens } from "./inputs.js";
 import type { ServedEmbedder, ServedModel, ServedReranker } from "./served.js";
@@ -204,6 +204,7 @@ export async function rerank(ctx: ServingContext, call: RerankRequest): Promise<
     model.kind === "rerank"
       ? await withCrossEncoder(ctx, model, call, docs)
       : await withEmbedder(ctx, model, call, docs);
+  checkFinite([...scores], "document");
   ctx.metrics.inputs.inc({ model: model.id }, call.documents.length);
   ctx.metrics.tokens.inc({ model: model.id }, tokens);
   return { model: model.id, scores, order: rankOrder(scores, call.topN), tokens };
