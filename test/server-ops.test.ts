@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { once } from "node:events";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { after, describe, test } from "node:test";
 import OpenAI from "openai";
@@ -161,6 +162,37 @@ describe("loading and shutdown", () => {
       await hub.stop();
       await cache.cleanup();
     }
+  });
+
+  test("while draining, a request on a kept-alive connection gets a 503 in the route's error shape", async () => {
+    const server = await startServer([TINY], { ...quiet, scheduler: { windowMs: 1500 } });
+    await server.loaded;
+    const { hostname, port } = new URL(server.url);
+    const sock = connect(Number(port), hostname);
+    let data = "";
+    sock.on("data", (d: Buffer) => {
+      data += d.toString();
+    });
+    const request = (path: string, body: unknown) => {
+      const json = JSON.stringify(body);
+      return `POST ${path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(json)}\r\n\r\n${json}`;
+    };
+    // The first request waits in the batch window, so the connection is busy when draining starts.
+    sock.write(request("/v1/embeddings", { model: "tiny", input: "x" }));
+    await new Promise((r) => setTimeout(r, 300));
+    const closing = server.close();
+    await new Promise((r) => setTimeout(r, 50));
+    sock.write(request("/v1/embeddings", { model: "tiny", input: "y" }));
+    await closing;
+    for (let i = 0; i < 40 && !/shutting_down/.test(data); i++) await new Promise((r) => setTimeout(r, 50));
+    sock.destroy();
+    const [first, second] = data.split(/(?=HTTP\/1\.1 )/);
+    assert.match(first as string, /^HTTP\/1\.1 200/);
+    assert.match(second as string, /^HTTP\/1\.1 503/);
+    const body = JSON.parse((second as string).slice((second as string).indexOf("\r\n\r\n") + 4)) as {
+      error: { code: string; type: string };
+    };
+    assert.deepEqual([body.error.code, body.error.type], ["shutting_down", "server_error"]);
   });
 
   test("SIGTERM: the in-flight request completes, the process exits 0", async () => {

@@ -30,7 +30,8 @@ export async function buildServer(ctx: AppContext): Promise<App> {
     logController: new LogController({ disableRequestLogging: true }),
     forceCloseConnections: "idle",
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, allErrors: false } },
-    return503OnClosing: true,
+    // Draining is answered by our own hook below, in each route's error dialect.
+    return503OnClosing: false,
   }).withTypeProvider<TypeBoxTypeProvider>();
 
   app.decorateRequest("deadline", 0);
@@ -65,6 +66,16 @@ export async function buildServer(ctx: AppContext): Promise<App> {
   app.addHook("onRequest", async (request) => {
     (request as { startedAt?: bigint }).startedAt = process.hrtime.bigint();
     request.deadline = Date.now() + config.limits.requestTimeoutMs;
+  });
+  app.addHook("onRequest", async (request, reply) => {
+    // After SIGTERM: in-flight requests finish, new ones (on kept-alive connections) are refused.
+    if (!ctx.state.draining || request.routeOptions.config?.public) return;
+    reply.header("connection", "close");
+    const err = new ApiError(503, "the server is shutting down; retry on another replica or shortly", {
+      code: "shutting_down",
+      retryAfterSeconds: 1,
+    });
+    return sendError(reply, err, dialectOf(request));
   });
   app.addHook("onRequest", apiKeyHook(config.apiKeys, dialectOf));
 
