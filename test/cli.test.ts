@@ -165,3 +165,31 @@ describe("flagserve download", () => {
     assert.match(missing.stderr, /BAAI\/bge-m3 was not found on the hub/);
   });
 });
+
+describe("flagserve serve, when a model cannot load", () => {
+  test("the default model with no hub reachable: a clear line and exit 1, every time (no EPIPE crash)", async () => {
+    const home = await tempDir();
+    try {
+      // Several runs: the crash this guards against (a write to the killed device worker) was a race.
+      const runs = await Promise.all(
+        Array.from({ length: 4 }, () =>
+          flagserve(["serve", "--port", "0", "--log-level", "warn"], "", {
+            HF_HOME: home.path,
+            HF_ENDPOINT: "http://127.0.0.1:9",
+            HF_HUB_OFFLINE: "",
+          }),
+        ),
+      );
+      for (const run of runs) {
+        assert.equal(run.code, 1, run.stderr);
+        assert.doesNotMatch(run.stderr, /EPIPE|Unhandled|node:events/);
+        assert.match(run.stderr, /flagserve serve: error: BAAI\/bge-small-en-v1\.5 .* not in the cache/);
+        assert.match(run.stderr, /--model \.\/dir/);
+        // "listening" is only claimed once the models have loaded.
+        assert.doesNotMatch(run.stdout + run.stderr, /listening on/);
+      }
+    } finally {
+      await home.cleanup();
+    }
+  });
+});

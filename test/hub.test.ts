@@ -160,12 +160,27 @@ describe("model store against a hub-like HTTP server", () => {
   });
 
   test("an unreachable hub falls back to a cached snapshot, and says so when there is none", async () => {
-    const dead = { ...hubOpts(), endpoint: "http://127.0.0.1:9" };
+    const warnings: string[] = [];
+    const dead = {
+      ...hubOpts(),
+      endpoint: "http://127.0.0.1:9",
+      onCacheFallback: (m: string) => warnings.push(m),
+    };
     const m = await FlagModel.load("test-org/tiny-bge", { hub: dead });
     await m.close();
+    // The fallback is not silent: a user who set HF_ENDPOINT learns that it was not used.
+    assert.equal(warnings.length, 1);
+    assert.match(
+      warnings[0] as string,
+      /cannot be reached at http:\/\/127\.0\.0\.1:9 .* using the cached snapshot/,
+    );
     await assert.rejects(FlagModel.load("test-org/never-cached", { hub: dead }), (e) => {
       assert.ok(isFlagserveError(e, "hub_offline"));
       assert.match(e.message, /not in the cache .* the hub cannot be reached/);
+      // What a newcomer can do about it.
+      assert.match(e.message, /--model \.\/dir/);
+      assert.match(e.message, /HF_ENDPOINT/);
+      assert.match(e.message, /HF_HUB_OFFLINE/);
       return true;
     });
   });

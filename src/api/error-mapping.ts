@@ -1,6 +1,6 @@
 import type { FastifyError } from "fastify";
 import { FlagserveError } from "../runtime/errors.js";
-import { RequestError } from "../serving/errors.js";
+import { NonFiniteOutputError, RequestError } from "../serving/errors.js";
 import { ClosedError, DeadlineError, OverloadedError } from "../serving/scheduler.js";
 import { WorkerUnavailableError } from "../serving/worker-pool.js";
 import { ApiError } from "./errors.js";
@@ -26,6 +26,8 @@ export function toApiError(err: unknown): ApiError {
   if (err instanceof ClosedError) {
     return new ApiError(503, err.message, { code: "shutting_down", retryAfterSeconds: 1 });
   }
+  if (err instanceof NonFiniteOutputError)
+    return new ApiError(500, err.message, { code: "non_finite_output" });
   if (err instanceof RequestError) {
     const status = err.kind === "invalid" ? 400 : err.kind === "not_found" ? 404 : 503;
     return new ApiError(status, err.message, {
@@ -35,6 +37,8 @@ export function toApiError(err: unknown): ApiError {
     });
   }
   if (err instanceof FlagserveError && err.kind === "invalid_input") return new ApiError(400, err.message);
+  if (err instanceof FlagserveError && err.kind === "not_supported")
+    return new ApiError(400, err.message, { code: "not_supported" });
   const fe = err as FastifyError & {
     validation?: {
       instancePath: string;
@@ -91,5 +95,20 @@ function validationError(
     return new ApiError(400, UNION_HINTS[param] as string, { param });
   }
   const where = e.instancePath ? e.instancePath.replace(/^\//, "").replaceAll("/", ".") : (context ?? "body");
+  // A union of literals (enums written as anyOf): name the accepted values, not "a schema in anyOf".
+  const allowed = errors
+    .filter((x) => x.instancePath === e.instancePath)
+    .flatMap((x) =>
+      x.keyword === "const"
+        ? [x.params?.allowedValue]
+        : x.keyword === "enum"
+          ? (x.params?.allowedValues as unknown[])
+          : [],
+    );
+  if (allowed.length > 0 && (e.keyword === "anyOf" || e.keyword === "const" || e.keyword === "enum")) {
+    return new ApiError(400, `${where} must be one of ${allowed.map((v) => JSON.stringify(v)).join(", ")}`, {
+      param,
+    });
+  }
   return new ApiError(400, `${where} ${e.message ?? "is invalid"}`, { param });
 }
