@@ -45,6 +45,13 @@ export interface JobsConfig {
   batchChunkSize: number;
   /** Seconds a finished job and its data are kept. */
   ttlSeconds: number;
+  /** Seconds an uploaded file (POST /v1/files) is kept. */
+  fileTtlSeconds: number;
+  /**
+   * Seconds one attempt at a chunk may take, waiting for a busy server included; then the
+   * attempt fails and is retried (a saturated server is waited out, not forever).
+   */
+  chunkTimeoutSeconds: number;
   /** Chunks this process computes at once (0: leave them to `flagserve worker` processes). */
   concurrency: number;
   /** A chunk whose worker stopped renewing its lock for this long goes back to the queue. */
@@ -110,6 +117,8 @@ export const DEFAULT_CONFIG: ServerConfig = {
     chunkSize: 1024,
     batchChunkSize: 64,
     ttlSeconds: 7 * 24 * 3600,
+    fileTtlSeconds: 7 * 24 * 3600,
+    chunkTimeoutSeconds: 15 * 60,
     concurrency: 2,
     chunkLockSeconds: 60,
     chunkAttempts: 5,
@@ -207,6 +216,15 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
   setting("job-ttl-hours", "jobs", "ttlSeconds", "hours finished jobs and their results are kept", {
     scale: 3600,
   }),
+  setting("file-ttl-hours", "jobs", "fileTtlSeconds", "hours uploaded files (/v1/files) are kept", {
+    scale: 3600,
+  }),
+  setting(
+    "job-chunk-timeout",
+    "jobs",
+    "chunkTimeoutSeconds",
+    "seconds one attempt at a job chunk may take, waiting for a busy server included",
+  ),
   setting(
     "chunk-lock-seconds",
     "jobs",

@@ -369,6 +369,8 @@ describe("bulk jobs on Redis + BullMQ, real processes", () => {
 
 describe("jobs without Redis (embedded queue)", () => {
   test("ownership by API key, cancellation, an uploaded input file, npy download", async () => {
+    // Its own job directory: the default one (~/.local/share/flagserve/jobs) outlives the test.
+    const jobsDir = await tempDir();
     const server = await startServer(
       [{ source: modelPath("tiny-bge"), alias: "tiny", options: { poolingMethod: "cls" } }],
       {
@@ -376,7 +378,7 @@ describe("jobs without Redis (embedded queue)", () => {
         port: 0,
         logLevel: "warn",
         apiKeys: ["key-a", "key-b"],
-        jobs: { chunkSize: 100, concurrency: 1 },
+        jobs: { chunkSize: 100, concurrency: 1, resultsDir: jobsDir.path },
       },
     );
     const a = { authorization: "Bearer key-a" };
@@ -443,7 +445,7 @@ describe("jobs without Redis (embedded queue)", () => {
       // cancellation stops a big job; its results are refused
       const big = await createJob(base, 50_000, a);
       const cancelled = await json<Job>(
-        await call(base, `/v1/jobs/${big.id}`, { method: "DELETE", headers: a }),
+        await call(base, `/v1/jobs/${big.id}/cancel`, { method: "POST", headers: a }),
       );
       assert.equal(cancelled.status, "cancelled");
       const res = await call(base, `/v1/jobs/${big.id}/results`, { headers: a });
@@ -457,11 +459,13 @@ describe("jobs without Redis (embedded queue)", () => {
       assert.equal(bad.status, 400);
     } finally {
       await server.close();
+      await jobsDir.cleanup();
     }
   });
 });
 
 test("an upload over the size limit is refused with 413 and not kept", async () => {
+  const jobsDir = await tempDir();
   const server = await startServer(
     [{ source: modelPath("tiny-bge"), alias: "tiny", options: { poolingMethod: "cls" } }],
     {
@@ -469,6 +473,7 @@ test("an upload over the size limit is refused with 413 and not kept", async () 
       port: 0,
       logLevel: "warn",
       limits: { uploadBytes: 1000 },
+      jobs: { resultsDir: jobsDir.path },
     },
   );
   try {
@@ -483,5 +488,6 @@ test("an upload over the size limit is refused with 413 and not kept", async () 
     assert.equal(files.data.length, 0);
   } finally {
     await server.close();
+    await jobsDir.cleanup();
   }
 });

@@ -31,3 +31,9 @@ export async function withJobs<T>(
     throw err;
   }
 }
+
+/**
+ * DELETE /v1/jobs/{id}: the job is gone afterwards (GET answers 404), with its inputs and
+ * results. An open job is cancelled first, so its queued chunks are dropped; a chunk still being
+ * computed finds no record when it ends and lets what it wrote expire (see ChunkProcessor).
+ */

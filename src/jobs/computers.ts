@@ -11,17 +11,19 @@ import { OverloadedError } from "../serving/scheduler.js";
 import { batchErrorLine } from "./batch-lines.js";
 import type { Computers } from "./chunks.js";
 
-/** A job chunk may wait this long for the device workers (jobs are not interactive). */
-const JOB_DEADLINE_MS = 15 * 60_000;
-
-/** Bulk work yields to interactive traffic: a full queue means wait and try again, not fail. */
-async function whenAdmitted<T>(work: () => Promise<T>): Promise<T> {
+/**
+ * Bulk work yields to interactive traffic: a full queue means wait and try again, until the
+ * chunk's deadline; then the attempt fails (the queue retries it later, and gives up in the end).
+ */
+async function whenAdmitted<T>(work: () => Promise<T>, deadline: number): Promise<T> {
   for (let wait = 100; ; wait = Math.min(wait * 2, 5000)) {
     try {
       return await work();
     } catch (err) {
       if (!(err instanceof OverloadedError)) throw err;
-      await sleep(wait);
+      const left = deadline - Date.now();
+      if (left <= 0) throw err;
+      await sleep(Math.min(wait, left));
     }
   }
 }
@@ -32,25 +34,28 @@ async function whenAdmitted<T>(work: () => Promise<T>): Promise<T> {
  * uses that route's schema, error mapping and response format (none of which loads Fastify).
  */
 export function jobComputers(ctx: ServingContext): Computers {
+  const deadline = () => Date.now() + ctx.config.jobs.chunkTimeoutSeconds * 1000;
   return {
     embed: async (modelName, texts, opts) => {
-      const deadline = Date.now() + JOB_DEADLINE_MS;
+      const until = deadline();
       // A chunk is one request of its own size, for the model it was created for.
       const limits = { ...ctx.config.limits, maxInputs: Math.max(ctx.config.limits.maxInputs, texts.length) };
-      const result = await whenAdmitted(() =>
-        embed(
-          { ...ctx, config: { ...ctx.config, strictModels: true, limits } },
-          {
-            model: modelName,
-            input: texts,
-            param: "input",
-            inputType: opts.inputType,
-            truncate: true,
-            idsAre: "model",
-            dimensions: opts.dimensions,
-            deadline,
-          },
-        ),
+      const result = await whenAdmitted(
+        () =>
+          embed(
+            { ...ctx, config: { ...ctx.config, strictModels: true, limits } },
+            {
+              model: modelName,
+              input: texts,
+              param: "input",
+              inputType: opts.inputType,
+              truncate: true,
+              idsAre: "model",
+              dimensions: opts.dimensions,
+              deadline: until,
+            },
+          ),
+        until,
       );
       return { vectors: result.vectors as NonNullable<typeof result.vectors>, tokens: result.tokens };
     },
@@ -60,7 +65,8 @@ export function jobComputers(ctx: ServingContext): Computers {
       const errors: string[] = [];
       let tokens = 0;
       // The lines of a chunk run concurrently: their inputs share the scheduler's batches.
-      const answers = await Promise.all(lines.map((line) => answerLine(ctx, line)));
+      const until = deadline();
+      const answers = await Promise.all(lines.map((line) => answerLine(ctx, line, until)));
       answers.forEach((a, i) => {
         if (a.ok) {
           outputs.push(a.line);
@@ -79,7 +85,7 @@ export function jobComputers(ctx: ServingContext): Computers {
 type Answer = { ok: true; line: string; tokens: number } | { ok: false; line: string };
 
 /** One Batch API request line -> its output line (200) or error-file line (4xx/5xx or malformed). */
-async function answerLine(ctx: ServingContext, line: string): Promise<Answer> {
+async function answerLine(ctx: ServingContext, line: string, deadline: number): Promise<Answer> {
   let request: { custom_id?: unknown; method?: unknown; url?: unknown; body?: unknown };
   try {
     request = JSON.parse(line) as typeof request;
@@ -112,14 +118,16 @@ async function answerLine(ctx: ServingContext, line: string): Promise<Answer> {
     };
   }
   try {
-    const { json, tokens } = await whenAdmitted(() =>
-      embeddingsResponse(ctx, request.body as EmbeddingsRequest, Date.now() + JOB_DEADLINE_MS),
+    const { json, tokens } = await whenAdmitted(
+      () => embeddingsResponse(ctx, request.body as EmbeddingsRequest, deadline),
+      deadline,
     );
     return { ok: true, line: respond(200, JSON.parse(json)), tokens };
   } catch (err) {
     const e = toApiError(err);
-    // Busy or restarting workers (503): retry the chunk later. Other failures are this line's answer.
-    if (e.status === 503) throw err;
+    // Busy or restarting workers (503), or a server still saturated at the chunk's deadline (429):
+    // retry the chunk later. Other failures are this line's answer.
+    if (e.status === 503 || e.status === 429) throw err;
     return {
       ok: false,
       line: respond(e.status, { error: { message: e.message, type: e.type, param: e.param, code: e.code } }),

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { splitLines } from "./lines.js";
 import type { JobResults } from "./results.js";
 import type { BlobStore, MetaStore } from "./store.js";
-import { type FileRecord, JobNotFoundError, type JobRecord, keys } from "./types.js";
+import { type FileRecord, fileKeys, JobNotFoundError, type JobRecord, keys } from "./types.js";
 
 /** Bytes of an uploaded file per stored part. */
 const FILE_PART_BYTES = 1 << 20;
@@ -16,16 +16,22 @@ export class FileStore {
     private readonly meta: MetaStore,
     private readonly blobs: BlobStore,
     private readonly results: JobResults,
+    /** Seconds an upload is kept. */
+    private readonly ttlSeconds: number,
     private readonly getJob: (owner: string, id: string) => Promise<JobRecord>,
   ) {}
 
-  /** Store an upload in parts of whole lines (memory holds one part). */
+  /**
+   * Store an upload in parts of whole lines (memory holds one part). Each part expires with the
+   * file from the moment it is written, so an upload cut short leaves nothing that stays.
+   */
   async put(
     owner: string,
     filename: string,
     purpose: string,
     content: AsyncIterable<Buffer>,
   ): Promise<FileRecord> {
+    const now = Math.floor(Date.now() / 1000);
     const record: FileRecord = {
       id: `file-${randomUUID().replaceAll("-", "")}`,
       owner,
@@ -33,18 +39,33 @@ export class FileStore {
       purpose,
       bytes: 0,
       parts: 0,
-      createdAt: Math.floor(Date.now() / 1000),
+      createdAt: now,
+      expiresAt: now + this.ttlSeconds,
     };
-    let part = "";
-    for await (const line of splitLines(content)) {
-      part += `${line}\n`;
-      record.bytes += Buffer.byteLength(line) + 1;
-      if (part.length >= FILE_PART_BYTES) {
-        await this.blobs.put(keys.filePart(record.id, record.parts++), part);
-        part = "";
+    const ttl = () => Math.max(1, (record.expiresAt as number) - Math.floor(Date.now() / 1000));
+    const store = async (part: string) => {
+      const p = record.parts;
+      await this.blobs.put(keys.filePart(record.id, p), part);
+      record.parts++;
+      await this.blobs.expire(fileKeys(record.id, p + 1, p), ttl());
+    };
+    try {
+      // A directory store marks the file's directory now; Redis expires each part as it is written.
+      await this.blobs.expire(fileKeys(record.id, 0), ttl());
+      let part = "";
+      for await (const line of splitLines(content)) {
+        part += `${line}\n`;
+        record.bytes += Buffer.byteLength(line) + 1;
+        if (part.length >= FILE_PART_BYTES) {
+          await store(part);
+          part = "";
+        }
       }
+      if (part.length) await store(part);
+    } catch (err) {
+      await this.blobs.remove(fileKeys(record.id, record.parts + 1)).catch(() => {});
+      throw err;
     }
-    if (part.length) await this.blobs.put(keys.filePart(record.id, record.parts++), part);
     await this.meta.putFile(record);
     return record;
   }
@@ -104,6 +125,6 @@ export class FileStore {
     const file = await this.get(owner, id);
     if (file.derivedFrom) return;
     await this.meta.deleteFile(id);
-    await this.blobs.deletePrefix(`file:${id}:`);
+    await this.blobs.remove(fileKeys(id, file.parts));
   }
 }

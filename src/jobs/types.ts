@@ -21,7 +21,7 @@ export interface JobRecord {
   tokens: number;
   /** Inputs / request lines that failed (batch: error file lines). */
   failed: number;
-  inputType: "query" | "passage";
+  inputType: "query" | "passage" | "classification" | "clustering";
   dimensions: number | null;
   /** Width of the stored vectors (embed jobs), known once the first chunk ran. */
   dims: number;
@@ -33,9 +33,16 @@ export interface JobRecord {
   errors: string[];
   /** Free-form data of the OpenAI facade (input file id, metadata, completion window). */
   meta: Record<string, string>;
+  /**
+   * The job-system instance that runs the job where no durable queue does: the one storing its
+   * inputs ("preparing"), and in the embedded mode the one whose in-process queue holds its chunks.
+   * When that instance is gone, another one takes the job over (see JobEngine.reconcile).
+   */
+  runner?: string;
 }
 
 export const TERMINAL: ReadonlySet<JobStatus> = new Set(["completed", "failed", "cancelled"]);
+export const OPEN: readonly JobStatus[] = ["preparing", "queued", "running"];
 
 /** Keys of a job's stored data. */
 export const keys = {
@@ -44,6 +51,29 @@ export const keys = {
   errors: (job: string, chunk: number) => `job:${job}:err:${chunk}`,
   filePart: (file: string, part: number) => `file:${file}:part:${part}`,
 };
+
+/**
+ * The keys of one job or one uploaded file: all start with `prefix`, and `keys` names every one
+ * that may exist, so a store expires or deletes exactly those (Redis) or the prefix's directory.
+ */
+export interface KeyGroup {
+  prefix: string;
+  keys: string[];
+}
+
+/** Every key a job with `chunks` chunks may have written. */
+export function jobKeys(job: string, chunks: number, from = 0): KeyGroup {
+  const list: string[] = [];
+  for (let c = from; c < chunks; c++) list.push(keys.input(job, c), keys.output(job, c), keys.errors(job, c));
+  return { prefix: `job:${job}:`, keys: list };
+}
+
+/** The stored parts of an uploaded file. */
+export function fileKeys(file: string, parts: number, from = 0): KeyGroup {
+  const list: string[] = [];
+  for (let p = from; p < parts; p++) list.push(keys.filePart(file, p));
+  return { prefix: `file:${file}:`, keys: list };
+}
 
 /** An uploaded file (OpenAI Files API). */
 export interface FileRecord {
@@ -55,6 +85,8 @@ export interface FileRecord {
   /** Content is stored in parts of whole lines. */
   parts: number;
   createdAt: number;
+  /** Epoch seconds after which the file and its content are deleted (uploads only). */
+  expiresAt?: number;
   /** A file computed from a batch's results rather than uploaded. */
   derivedFrom?: { job: string; which: "output" | "errors" };
 }
