@@ -1,18 +1,32 @@
-// Benchmarks: npm run bench [-- --quick] [--model DIR]... [--peer infinity]
+// Benchmarks: npm run bench [-- --quick] [--model DIR]... [--peer infinity] [--load]
 //
 // Every ratio is measured in this one run, against a baseline run on the same machine moments
 // before: a raw ONNX Runtime session on the same batches, batching switched off, a peer server.
-import { type ChildProcess, spawn } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { cpus, totalmem } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
 import { ModelDir } from "../src/runtime/model-dir.js";
 import { batchFeeds, OnnxSession, padBatch } from "../src/runtime/session.js";
 import { type Encoding, TextTokenizer } from "../src/runtime/tokenizer.js";
 
-const ROOT = resolve(import.meta.dirname, "..");
+import {
+  corpus,
+  embedRequest,
+  metricValue,
+  percentile,
+  queries,
+  ROOT,
+  startFlagserve,
+  stop,
+  type Target,
+  takePort,
+  waitReady,
+} from "./common.js";
+import { llmRerankBench } from "./llm.js";
+import { loadBench } from "./load.js";
 
 const { values } = parseArgs({
   options: {
@@ -20,6 +34,7 @@ const { values } = parseArgs({
     quick: { type: "boolean" },
     peer: { type: "string", multiple: true },
     passages: { type: "string" },
+    load: { type: "boolean" },
   },
 });
 
@@ -35,50 +50,7 @@ const MAX_BATCH_TOKENS = 16384;
 
 // ---------------------------------------------------------------- inputs
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return s / 2 ** 32;
-  };
-}
-
-const VOCAB = (
-  "the of and to in is was for on that with as by at from his her they this which be or an are not have " +
-  "embedding retrieval passage query model vector search index token batch server request latency throughput " +
-  "river mountain forest city village bridge castle museum library harbour railway station market garden " +
-  "history science music language computer network database protein climate energy economy football " +
-  "quickly slowly carefully important different general national international traditional modern"
-).split(" ");
-
-/** A mixed-length corpus: many short passages, fewer long ones, a few near the model's window. */
-function corpus(n: number, seed = 7): string[] {
-  const r = rng(seed);
-  const out: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const u = r();
-    const words =
-      u < 0.5 ? 5 + Math.floor(r() * 25) : u < 0.85 ? 30 + Math.floor(r() * 90) : 120 + Math.floor(r() * 280);
-    const ws: string[] = [];
-    for (let k = 0; k < words; k++) ws.push(VOCAB[Math.floor(r() * VOCAB.length)] as string);
-    out.push(`${ws.join(" ")}.`);
-  }
-  return out;
-}
-
-function queries(n: number, seed = 11): string[] {
-  const r = rng(seed);
-  return Array.from({ length: n }, () =>
-    Array.from({ length: 4 + Math.floor(r() * 8) }, () => VOCAB[Math.floor(r() * VOCAB.length)]).join(" "),
-  );
-}
-
 // ---------------------------------------------------------------- measurements
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.floor((p / 100) * s.length))] as number;
-}
 
 /** The raw baseline: tokenized once, sorted by length, packed like the server packs, run on one session. */
 async function rawOrt(dir: string, texts: string[]): Promise<{ perSecond: number; efficiency: number }> {
@@ -121,69 +93,10 @@ async function rawOrt(dir: string, texts: string[]): Promise<{ perSecond: number
   return { perSecond: texts.length / seconds, efficiency: real / computed };
 }
 
-interface Target {
-  name: string;
-  url: string;
-  /** The OpenAI-style embeddings route. */
-  embeddings: string;
-  model: string;
-  proc: ChildProcess;
-  /** Prometheus text, when the target is flagserve. */
-  metrics?: () => Promise<string>;
-}
-
-async function waitReady(url: string, proc: ChildProcess, seconds = 180): Promise<void> {
-  const until = Date.now() + seconds * 1000;
-  while (Date.now() < until) {
-    if (proc.exitCode !== null) throw new Error(`server exited with ${proc.exitCode}`);
-    try {
-      const r = await fetch(url);
-      if (r.ok) return;
-    } catch {
-      // not listening yet
-    }
-    await new Promise((r) => setTimeout(r, 250));
-  }
-  throw new Error(`${url} not ready after ${seconds}s`);
-}
-
-let nextPort = 18900;
-
-async function startFlagserve(name: string, dir: string, extra: string[]): Promise<Target> {
-  const port = nextPort++;
-  const proc = spawn(
-    process.execPath,
-    [
-      "--import",
-      "tsx",
-      join(ROOT, "src", "cli.ts"),
-      "serve",
-      "--model",
-      `${dir}=bench`,
-      "--port",
-      String(port),
-      "--log-level",
-      "warn",
-      ...extra,
-    ],
-    { cwd: ROOT, stdio: ["ignore", "inherit", "inherit"] },
-  );
-  const url = `http://127.0.0.1:${port}`;
-  await waitReady(`${url}/ready`, proc);
-  return {
-    name,
-    url,
-    embeddings: `${url}/v1/embeddings`,
-    model: "bench",
-    proc,
-    metrics: async () => (await fetch(`${url}/metrics`)).text(),
-  };
-}
-
 async function startInfinity(dir: string): Promise<Target | undefined> {
   const script = join(ROOT, "bench", "peers", "infinity.sh");
   if (!existsSync(script)) return undefined;
-  const port = nextPort++;
+  const port = takePort();
   const proc = spawn("bash", [script, dir, String(port)], {
     cwd: ROOT,
     stdio: ["ignore", "ignore", "inherit"],
@@ -198,33 +111,6 @@ async function startInfinity(dir: string): Promise<Target | undefined> {
     model: models.data[0]?.id ?? "bench",
     proc,
   };
-}
-
-async function stop(t: Target): Promise<void> {
-  if (t.proc.exitCode !== null) return;
-  const exited = new Promise((r) => t.proc.once("exit", r));
-  t.proc.kill("SIGTERM");
-  const timer = setTimeout(() => t.proc.kill("SIGKILL"), 15_000);
-  await exited;
-  clearTimeout(timer);
-}
-
-async function embedRequest(t: Target, input: string[]): Promise<void> {
-  // base64, as the official OpenAI clients ask for it
-  const res = await fetch(t.embeddings, {
-    method: "POST",
-    headers: { "content-type": "application/json" },
-    body: JSON.stringify({ model: t.model, input, encoding_format: "base64" }),
-  });
-  if (!res.ok) throw new Error(`${t.name}: HTTP ${res.status} ${await res.text()}`);
-  await res.arrayBuffer();
-}
-
-/** A sample's value in Prometheus text format: `name{labels} value`. */
-function metricValue(text: string, name: string, labels = ""): number {
-  const prefix = labels ? `${name}{${labels}} ` : `${name} `;
-  const line = text.split("\n").find((l) => l.startsWith(prefix));
-  return line ? Number(line.slice(prefix.length)) : Number.NaN;
 }
 
 async function bulk(
@@ -299,6 +185,8 @@ const models = values.model?.length
   : [
       join(ROOT, ".cache", "models", "all-MiniLM-L6-v2"),
       join(ROOT, "test", "fixtures", "models", "tiny-bge"),
+      // A decoder-only embedder (Qwen3 architecture, last-token pooling), served with no flags.
+      join(ROOT, "test", "fixtures", "models", "tiny-qwen3-embed"),
     ].filter((d) => existsSync(join(d, "tokenizer.json")));
 if (!existsSync(join(ROOT, ".cache", "models", "all-MiniLM-L6-v2")) && !values.model?.length) {
   say(
@@ -316,7 +204,15 @@ const texts = corpus(PASSAGES);
 const qs = queries(2000);
 
 for (const dir of models) {
-  const pooling = existsSync(join(dir, "1_Pooling", "config.json")) ? [] : ["--pooling", "cls"];
+  // sentence-transformers exports and flagserve exports (flagserve.json) say their own pooling.
+  const pooling =
+    existsSync(join(dir, "1_Pooling", "config.json")) || existsSync(join(dir, "flagserve.json"))
+      ? []
+      : ["--pooling", "cls"];
+  if (values.load) {
+    await loadBench(dir, say, pooling);
+    continue;
+  }
   say(`\n## ${dir.split("/").pop()}`);
   const raw = await rawOrt(dir, texts);
   say(
@@ -387,3 +283,6 @@ for (const dir of models) {
     }
   }
 }
+
+// The LLM rerankers' rows (test fixtures): pairs per second and the ratio to a raw session.
+if (!values.load && !values.model?.length) await llmRerankBench(say, QUICK);

@@ -15,6 +15,15 @@ export interface Limits {
   requestTimeoutMs: number;
   /** Bytes of one uploaded file (POST /v1/files). */
   uploadBytes: number;
+  /** Request body bytes of TEI's /tokenize and /decode, whose answers are many times their input. */
+  tokenizeBodyLimit: number;
+  /**
+   * Request body bytes being received or worked on at once, over all requests: beyond it new
+   * requests are refused (429) before their body is read, so memory stays bounded.
+   */
+  inflightBodyBytes: number;
+  /** Windows per document a rerank request may ask for (max_chunks_per_doc). */
+  maxChunksPerDoc: number;
 }
 
 export interface SchedulerOptions {
@@ -26,8 +35,6 @@ export interface SchedulerOptions {
   windowMs: number;
   /** Inputs that may wait in the queue; beyond it new requests are refused (429). */
   maxQueuedInputs: number;
-  /** Batches in flight at once (one per device worker). */
-  concurrency: number;
   /** A request waiting longer than this is served before newer, smaller ones. */
   starvationMs: number;
   /** Real tokens / computed tokens a batch must keep when mixing inputs of different lengths. */
@@ -67,6 +74,13 @@ export interface PoolConfig {
   inflightPerWorker: number;
 }
 
+export interface TokenizerConfig {
+  /** Tokenizer threads of the HTTP process; 0: one per CPU core. */
+  threads: number;
+  /** Heap limit of each tokenizer thread in MiB. */
+  heapMb: number;
+}
+
 export interface ServerConfig {
   host: string;
   port: number;
@@ -81,6 +95,7 @@ export interface ServerConfig {
   limits: Limits;
   scheduler: SchedulerOptions;
   pool: PoolConfig;
+  tokenizer: TokenizerConfig;
   /** Device workers: "cpu", "cpu:N", "cuda:0,cuda:1" (one child process each). */
   devices: string;
   jobs: JobsConfig;
@@ -98,20 +113,23 @@ export const DEFAULT_CONFIG: ServerConfig = {
     maxInputs: 2048,
     // 2048 inputs of an 8k-token model; the per-input window is the model's own limit.
     maxRequestTokens: 2048 * 8192,
-    bodyLimit: 128 * 1024 * 1024,
+    bodyLimit: 64 * 1024 * 1024,
     requestTimeoutMs: 120_000,
     uploadBytes: 8 * 1024 ** 3,
+    tokenizeBodyLimit: 4 * 1024 * 1024,
+    inflightBodyBytes: 128 * 1024 * 1024,
+    maxChunksPerDoc: 64,
   },
   scheduler: {
     maxBatchTokens: 16384,
     maxBatchSize: 64,
     windowMs: 2,
     maxQueuedInputs: 16384,
-    concurrency: 1,
     starvationMs: 500,
     minPaddingEfficiency: 0.92,
   },
   pool: { inflightPerWorker: 2 },
+  tokenizer: { threads: 0, heapMb: 1024 },
   devices: "cpu",
   jobs: {
     chunkSize: 1024,
@@ -128,11 +146,14 @@ export const DEFAULT_CONFIG: ServerConfig = {
 };
 
 /** Settings where every group may be given in part; the rest are defaults. */
-export type ServerConfigInput = Partial<Omit<ServerConfig, "limits" | "jobs" | "scheduler" | "pool">> & {
+export type ServerConfigInput = Partial<
+  Omit<ServerConfig, "limits" | "jobs" | "scheduler" | "pool" | "tokenizer">
+> & {
   limits?: Partial<Limits>;
   jobs?: Partial<JobsConfig>;
   scheduler?: Partial<SchedulerOptions>;
   pool?: Partial<PoolConfig>;
+  tokenizer?: Partial<TokenizerConfig>;
 };
 
 export function serverConfig(partial: ServerConfigInput = {}): ServerConfig {
@@ -144,10 +165,11 @@ export function serverConfig(partial: ServerConfigInput = {}): ServerConfig {
     jobs: { ...d.jobs, ...partial.jobs },
     scheduler: { ...d.scheduler, ...partial.scheduler },
     pool: { ...d.pool, ...partial.pool },
+    tokenizer: { ...d.tokenizer, ...partial.tokenizer },
   };
 }
 
-type NumericGroup = "limits" | "scheduler" | "jobs" | "pool";
+type NumericGroup = "limits" | "scheduler" | "jobs" | "pool" | "tokenizer";
 type NumericKey<G extends NumericGroup> = {
   [K in keyof ServerConfig[G]]: ServerConfig[G][K] extends number ? K : never;
 }[keyof ServerConfig[G]];
@@ -193,11 +215,39 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
   setting("body-limit-mb", "limits", "bodyLimit", "request body limit in MiB (413 above)", {
     scale: 1024 * 1024,
   }),
+  setting(
+    "tokenize-body-limit-mb",
+    "limits",
+    "tokenizeBodyLimit",
+    "request body limit of /tokenize and /decode in MiB",
+    {
+      scale: 1024 * 1024,
+    },
+  ),
+  setting(
+    "inflight-body-mb",
+    "limits",
+    "inflightBodyBytes",
+    "request bodies in MiB being worked on at once before 429s",
+    {
+      scale: 1024 * 1024,
+    },
+  ),
+  setting(
+    "max-chunks-per-doc",
+    "limits",
+    "maxChunksPerDoc",
+    "rerank windows per document a request may ask for",
+  ),
   setting("upload-limit-mb", "limits", "uploadBytes", "size limit of one uploaded file in MiB", {
     scale: 1024 * 1024,
   }),
   setting("request-timeout", "limits", "requestTimeoutMs", "seconds a request may take before a 503", {
     scale: 1000,
+  }),
+  setting("tokenizer-threads", "tokenizer", "threads", "tokenizer threads (0: one per CPU core)", { min: 0 }),
+  setting("tokenizer-heap-mb", "tokenizer", "heapMb", "heap limit of each tokenizer thread in MiB", {
+    min: 64,
   }),
   setting("max-batch-tokens", "scheduler", "maxBatchTokens", "padded tokens per batch"),
   setting("max-batch-size", "scheduler", "maxBatchSize", "inputs per batch"),

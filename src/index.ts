@@ -15,8 +15,27 @@ export {
 } from "./models/abs-reranker.js";
 export { type AutoModelOptions, type Embedder, FlagAutoModel } from "./models/auto.js";
 export { type AutoRerankerOptions, FlagAutoReranker, type Reranker } from "./models/auto-reranker.js";
+export {
+  type DecoderEmbedder,
+  FlagICLModel,
+  FlagLLMModel,
+  FlagPseudoMoEModel,
+  type ICLModelOptions,
+  type LLMEncodeOptions,
+  type PseudoMoEEncodeOptions,
+  type PseudoMoEOptions,
+} from "./models/decoder-only.js";
+export { type IclExample, iclPrefix } from "./models/decoder-prompts.js";
 export { FlagModel, type FlagModelOptions } from "./models/encoder-only.js";
 export { formatInstruction } from "./models/instruction.js";
+export {
+  FlagLLMReranker,
+  LayerWiseFlagLLMReranker,
+  LightWeightFlagLLMReranker,
+  type LLMReranker,
+  type LLMRerankerOptions,
+  type LLMScoreOptions,
+} from "./models/llm-reranker.js";
 export type { RuntimeOptions } from "./models/loader.js";
 export {
   BGEM3FlagModel,

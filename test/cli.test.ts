@@ -95,10 +95,11 @@ describe("flagserve embed", () => {
         /"tiny-bge" is not in the model mapping and declares no pooling/,
       ],
       [
-        ["embed", "--model", modelPath("tiny-bge"), "--model-class", "decoder-only-icl"],
+        // A reranker class is no embedder class.
+        ["embed", "--model", modelPath("tiny-bge"), "--model-class", "decoder-only-layerwise"],
         "x\n",
         1,
-        /does not provide yet/,
+        /unknown modelClass "decoder-only-layerwise"; expected one of encoder-only-base/,
       ],
       [["embed"], "x\n", 2, /--model is required/],
       [["embed", "--model", "x", "--bogus"], "x\n", 2, /Unknown option '--bogus'/],

@@ -20,7 +20,7 @@ describe("layering", () => {
     assert.ok(loaded.has("fastify"), "the analysis follows imports (sanity)");
     assert.ok(!loaded.has("onnxruntime-node"), "onnxruntime-node reachable from the HTTP process");
     const models = [...loaded].filter((f) =>
-      /^src\/models\/(encoder-only|m3|reranker|loader|open|auto)/.test(f),
+      /^src\/models\/(encoder-only|m3|reranker|loader|open|auto|decoder-only|llm-reranker)/.test(f),
     );
     assert.deepEqual(models, [], "model classes reachable from the HTTP process");
   });

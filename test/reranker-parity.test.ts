@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { FlagAutoReranker } from "../src/models/auto-reranker.js";
-import { encodePair, type FlagReranker } from "../src/models/reranker.js";
+import { FlagAutoReranker, type Reranker } from "../src/models/auto-reranker.js";
+import { encodePair } from "../src/models/reranker.js";
 import { isFlagserveError } from "../src/runtime/errors.js";
 import { TextTokenizer } from "../src/runtime/tokenizer.js";
 import { assertClose, type Golden, loadGolden, modelPath, namedModelDir } from "./helpers.js";
@@ -27,7 +27,7 @@ for (const fixture of ["tiny-reranker-bert", "tiny-reranker-xlmr"]) {
 
   describe(`${fixture}: FlagAutoReranker("${golden.mapped_name}") matches FlagEmbedding`, () => {
     let link: { path: string; cleanup: () => Promise<void> };
-    const open: FlagReranker[] = [];
+    const open: Reranker[] = [];
     before(async () => {
       link = await namedModelDir(fixture, golden.mapped_name);
     });
@@ -58,11 +58,15 @@ test("reranker mapping: every FlagEmbedding reranker name, classes, clear errors
   for (const [name, cls] of Object.entries(expected)) {
     assert.equal(FlagAutoReranker.resolveConfig(`BAAI/${name}`).modelClass, cls);
   }
-  await assert.rejects(FlagAutoReranker.fromFinetuned("BAAI/bge-reranker-v2-gemma"), (e) => {
-    assert.ok(isFlagserveError(e, "not_supported"));
-    assert.match(e.message, /decoder-only-base reranker class/);
-    return true;
-  });
+  // An LLM reranker class needs the graph contract of scripts/export/reranker_llm.py.
+  await assert.rejects(
+    FlagAutoReranker.fromFinetuned(modelPath("tiny-reranker-bert"), { modelClass: "decoder-only-base" }),
+    (e) => {
+      assert.ok(isFlagserveError(e, "model_files"));
+      assert.match(e.message, /no flagserve\.json.*reranker_llm\.py/);
+      return true;
+    },
+  );
   await assert.rejects(
     FlagAutoReranker.fromFinetuned(modelPath("tiny-reranker-bert")),
     /not in the model mapping.*bge-reranker-large/,

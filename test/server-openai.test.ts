@@ -119,9 +119,10 @@ describe("OpenAI-compatible embeddings over HTTP", () => {
     const client = new OpenAI({ baseURL: `${base}/v1`, apiKey: "unused", maxRetries: 0 });
     const models = [];
     for await (const m of client.models.list()) models.push(m);
+    // Every embedding model is also served as "MODEL:query" (its query side).
     assert.deepEqual(
       models.map((m) => m.id),
-      ["tiny-bge"],
+      ["tiny-bge", "tiny-bge:query"],
     );
     const m = models[0] as unknown as Record<string, unknown>;
     assert.equal(m.dimensions, 32);
@@ -184,7 +185,8 @@ describe("OpenAI-compatible embeddings over HTTP", () => {
     assert.equal(bad.status, 400);
     assert.match(
       ((await bad.json()) as { error: { message: string } }).error.message,
-      /outside the cl100k_base vocabulary/,
+      // Past cl100k_base's largest id the schema refuses it (maximum 100276).
+      /outside the cl100k_base vocabulary|input\[0\]\[2\] must be between 0 and 100276, got 999999/,
     );
   });
 
@@ -202,7 +204,8 @@ describe("OpenAI-compatible embeddings over HTTP", () => {
       [{ model: "tiny-bge", input: [1, "a"] }, 400, "input", /input must be/],
       [{ model: "tiny-bge", input: [] }, 400, "input", /input must not be empty/],
       [{ model: "tiny-bge", input: "x", encoding_format: "int8" }, 400, "encoding_format", /encoding_format/],
-      [{ model: "tiny-bge", input: "x", dimensions: 0 }, 400, "dimensions", /between 1 and 32/],
+      [{ model: "tiny-bge", input: "x", dimensions: 0 }, 400, "dimensions", /dimensions must be at least 1/],
+      [{ model: "tiny-bge", input: "x", dimensions: 33 }, 400, "dimensions", /between 1 and 32/],
       [{ model: "tiny-bge", input: "x", dimensions: 2.5 }, 400, "dimensions", /dimensions must be integer/],
       [{ model: "tiny-bge", input: "x", input_type: "code" }, 400, "input_type", /input_type/],
       [

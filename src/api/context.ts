@@ -30,6 +30,8 @@ declare module "fastify" {
   interface FastifyRequest {
     /** Epoch milliseconds after which this request is abandoned (503), counted from arrival. */
     deadline: number;
+    /** Aborted at the deadline (DeadlineError) or when the client goes away (CancelledError). */
+    cancellation: AbortSignal;
     /** Who owns what this request creates: a hash of its API key, or "anonymous". */
     owner: string;
   }

@@ -1,7 +1,11 @@
+import { randomUUID } from "node:crypto";
 import type { FastifyReply } from "fastify";
 
-/** Which error body a route speaks: OpenAI's (also Cohere/Jina clients read it) or TEI's. */
-export type ErrorDialect = "openai" | "tei";
+/**
+ * Which error body a route speaks: OpenAI's (also read by Cohere/Jina rerank clients), TEI's, or
+ * Cohere's (the embed API: `{id, message}`).
+ */
+export type ErrorDialect = "openai" | "tei" | "cohere";
 
 /**
  * An error with everything both dialects need. `param` names the offending request field, as
@@ -60,6 +64,7 @@ export function sendError(reply: FastifyReply, err: ApiError, dialect: ErrorDial
   if (dialect === "tei") {
     return reply.code(teiStatus(err)).send({ error: err.message, error_type: err.teiType });
   }
+  if (dialect === "cohere") return reply.code(err.status).send({ id: randomUUID(), message: err.message });
   return reply.code(err.status).send({
     error: { message: err.message, type: err.type, param: err.param, code: err.code },
   });

@@ -4,10 +4,13 @@ import { float32Base64, float32Json } from "../runtime/float-format.js";
 import type { ServingContext } from "../serving/context.js";
 import { type Embedded, embed } from "../serving/embed.js";
 import { invalid } from "../serving/errors.js";
+import { type EmbeddingType, quantizeRow, rowBytes } from "../serving/quantize.js";
 import type { EmbeddingsRequest } from "./schemas.js";
 
 export interface OpenAIFormat {
   encodingFormat: "float" | "base64" | undefined;
+  /** The dense vectors' type (extension): float, or Cohere's quantized types. */
+  embeddingType?: EmbeddingType;
   /** BGE-M3 extras beside the dense vector. */
   sparse: boolean;
   colbert: boolean;
@@ -26,9 +29,16 @@ export function embeddingsJson(result: Embedded, f: OpenAIFormat): string {
   if (!vectors) throw new Error("embeddingsJson needs dense vectors");
   const base64 = f.encodingFormat === "base64";
   const vector = (v: Float32Array) => (base64 ? `"${float32Base64(v)}"` : float32Json(v));
+  const type = f.embeddingType ?? "float";
+  // Quantized vectors: integers in JSON, or their bytes in base64.
+  const dense = (v: Float32Array) => {
+    if (type === "float") return vector(v);
+    const q = quantizeRow(v, type);
+    return base64 ? `"${rowBytes(q).toString("base64")}"` : `[${q.join(",")}]`;
+  };
   const parts: string[] = [];
   for (let i = 0; i < vectors.rows; i++) {
-    let item = `{"object":"embedding","index":${i},"embedding":${vector(vectors.row(i))}`;
+    let item = `{"object":"embedding","index":${i},"embedding":${dense(vectors.row(i))}`;
     const raw = raws[i];
     const encoding = encodings[i];
     if (f.sparse && raw && encoding) {
@@ -53,6 +63,7 @@ export async function embeddingsResponse(
   ctx: ServingContext,
   body: EmbeddingsRequest,
   deadline: number,
+  signal?: AbortSignal,
 ): Promise<{ json: string; tokens: number }> {
   const extras = body.return ?? [];
   const sparse = extras.includes("sparse");
@@ -63,14 +74,18 @@ export async function embeddingsResponse(
     input: body.input,
     param: "input",
     inputType: body.input_type,
+    ...(body.instruction !== undefined ? { instruction: body.instruction } : {}),
+    ...(body.examples !== undefined ? { examples: body.examples } : {}),
     truncate: body.truncate ?? true,
     idsAre: ctx.config.tokenIds,
     dimensions: body.dimensions ?? null,
     want: { sparse, colbert },
     deadline,
+    ...(signal ? { signal } : {}),
   });
   const json = embeddingsJson(result, {
     encodingFormat: body.encoding_format,
+    ...(body.embedding_type ? { embeddingType: body.embedding_type } : {}),
     sparse,
     colbert,
     returnTokens: body.return_tokens ?? false,

@@ -3,10 +3,8 @@ import { type ServerConfigInput, serverConfig } from "../config.js";
 import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
 import type { Executor, ModelSpec } from "../serving/executor.js";
-import { serveModels } from "../serving/load.js";
 import { Metrics } from "../serving/metrics.js";
-import { ModelRegistry } from "../serving/registry.js";
-import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
+import { ServingStack } from "../serving/stack.js";
 import type { App, AppContext, ServerState } from "./context.js";
 import { buildServer } from "./server.js";
 
@@ -30,21 +28,19 @@ export async function startServer(
   partial: ServerConfigInput = {},
 ): Promise<RunningServer> {
   const config = serverConfig(partial);
-  const registry = new ModelRegistry();
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
+  // The stack's log goes to the app's logger, which exists only once the app is built.
+  let warn: (event: string, detail: Record<string, unknown>) => void = () => {};
+  const stack = new ServingStack(config, metrics, (event, detail) => warn(event, detail));
+  const registry = stack.registry;
   const ctx: AppContext = { config, registry, metrics, state };
   const app = await buildServer(ctx);
+  warn = (event, detail) => app.log.warn(detail, event);
   const jobs = createJobSystem(config.jobs, (message, detail) => app.log.warn(detail ?? {}, message));
   ctx.jobs = jobs;
-  const pool = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
-    inflightPerWorker: config.pool.inflightPerWorker,
-    batchTimeoutMs: config.limits.requestTimeoutMs,
-    waitForWorkerMs: config.limits.requestTimeoutMs,
-    onEvent: (event, detail) => app.log.warn(detail, event),
-  });
-  const executor: Executor = pool;
-  state.workers = () => pool.status();
+  const executor: Executor = stack.executor;
+  state.workers = () => stack.executor.status();
   await app.listen({ host: config.host, port: config.port });
   const addr = app.server.address() as AddressInfo;
   const host = addr.family === "IPv6" ? `[${addr.address}]` : addr.address;
@@ -52,10 +48,7 @@ export async function startServer(
 
   const loaded = (async () => {
     try {
-      const infos = await executor.load(specs);
-      const served = await serveModels(infos, specs, executor, config.scheduler, metrics);
-      for (const model of served) {
-        registry.add(model);
+      for (const model of await stack.load(specs)) {
         app.log.info({ model: model.id, kind: model.kind, source: model.source }, "model ready");
       }
       state.ready = true;
@@ -76,8 +69,7 @@ export async function startServer(
       await app.close();
       await loaded.catch(() => {});
       await jobs.close();
-      await registry.close();
-      await executor.close();
+      await stack.close();
     })();
     return closing;
   };

@@ -38,6 +38,8 @@ export const JOBS_USAGE = `Usage:
   flagserve jobs submit FILE --model NAME [--server URL]    upload inputs, create a job, follow its progress
   flagserve jobs status ID [--server URL]                   print a job's status as JSON
   flagserve jobs download ID [--format jsonl|npy] [-o FILE] stream a completed job's results
+  flagserve jobs cancel ID [--server URL]                   stop a job; it and its results so far stay
+  flagserve jobs delete ID [--server URL]                   delete a job and its data (cancelling it first)
 
 ${helpText("submit options:", SUBMIT)}
 ${helpText("download options:", DOWNLOAD)}`;
@@ -177,6 +179,22 @@ async function status(argv: string[]): Promise<void> {
   process.stdout.write(`${JSON.stringify(job, null, 2)}\n`);
 }
 
+/** POST /v1/jobs/ID/cancel or DELETE /v1/jobs/ID; prints the answer as JSON. */
+async function change(argv: string[], action: "cancel" | "delete"): Promise<void> {
+  const { values, positionals } = parseFlags(argv, COMMON);
+  if (bool(values, "help")) {
+    process.stdout.write(JOBS_USAGE);
+    return;
+  }
+  const [id] = positionals;
+  if (!id) throw new UsageError("give the job id");
+  const path = `/v1/jobs/${encodeURIComponent(id)}`;
+  const res = await client(values).request(action === "cancel" ? `${path}/cancel` : path, {
+    method: action === "cancel" ? "POST" : "DELETE",
+  });
+  process.stdout.write(`${JSON.stringify(await res.json(), null, 2)}\n`);
+}
+
 async function download(argv: string[]): Promise<void> {
   const { values, positionals } = parseFlags(argv, DOWNLOAD);
   if (bool(values, "help")) {
@@ -199,9 +217,11 @@ export async function jobsCommand(argv: string[]): Promise<void> {
   if (sub === "submit") return submit(rest);
   if (sub === "status") return status(rest);
   if (sub === "download") return download(rest);
+  if (sub === "cancel" || sub === "delete") return change(rest, sub);
   if (sub === "--help" || sub === "-h" || sub === undefined) {
     process.stdout.write(JOBS_USAGE);
-    if (sub === undefined) throw new UsageError("give a subcommand: submit, status or download");
+    if (sub === undefined)
+      throw new UsageError("give a subcommand: submit, status, download, cancel or delete");
     return;
   }
   throw new UsageError(`unknown jobs subcommand "${sub}"`);

@@ -1,8 +1,11 @@
+import { readFileSync } from "node:fs";
 import { DEFAULT_CONFIG } from "../config.js";
 import type { AutoModelOptions } from "../models/auto.js";
+import type { IclExample } from "../models/decoder-prompts.js";
 import { defaultInstructions } from "../models/mapping.js";
 import { EMBEDDER_DEFAULTS } from "../models/options.js";
 import type { Pooling } from "../models/pooling.js";
+import type { TaskInstructions } from "../serving/executor.js";
 import { type FlagSpecs, type FlagValues, int, list, str, UsageError } from "./args.js";
 
 /** Flags every command that loads a model shares. */
@@ -51,7 +54,19 @@ export const MODEL_FLAGS: FlagSpecs = {
     help: "instruction for passages (default: the model card's, if known)",
   },
   "instruction-format": { type: "string", help: 'Python-style template for instructions, e.g. "{}{}"' },
+  "classification-instruction": {
+    type: "string",
+    help: "task instruction for input_type classification (default: the model card's, for instruction-tuned models)",
+  },
+  "clustering-instruction": {
+    type: "string",
+    help: "task instruction for input_type clustering (default: the model card's, for instruction-tuned models)",
+  },
   "truncate-dim": { type: "string", help: "keep only the first N dimensions (Matryoshka)" },
+  "icl-examples": {
+    type: "string",
+    help: 'ICL models (bge-en-icl): JSON file of default in-context examples, [{"instruct", "query", "response"}, ...]',
+  },
   "no-normalize": { type: "boolean", help: "return unnormalised embeddings" },
 };
 
@@ -71,10 +86,16 @@ export function modelOptions(values: FlagValues, source: string): AutoModelOptio
   const options: AutoModelOptions = {
     devices: list(values, "devices").length ? list(values, "devices").join(",") : DEFAULT_CONFIG.devices,
     hub: { revision: str(values, "revision") ?? "main" },
-    queryInstructionForRetrieval: str(values, "query-instruction") ?? defaults.query ?? null,
-    passageInstructionForRetrieval: str(values, "passage-instruction") ?? defaults.passage ?? null,
     normalizeEmbeddings: values["no-normalize"] !== true,
   };
+  // Unset when neither a flag nor the model card gives one: an exported directory's flagserve.json
+  // (or its mapped name) may still know the model's.
+  const query = str(values, "query-instruction") ?? defaults.query;
+  const passage = str(values, "passage-instruction") ?? defaults.passage;
+  if (query !== undefined) options.queryInstructionForRetrieval = query;
+  if (passage !== undefined) options.passageInstructionForRetrieval = passage;
+  const examples = str(values, "icl-examples");
+  if (examples !== undefined) options.examplesForTask = readIclExamples(examples);
   const set = <K extends keyof AutoModelOptions>(k: K, v: AutoModelOptions[K] | undefined) => {
     if (v !== undefined) options[k] = v;
   };
@@ -95,9 +116,49 @@ export function modelOptions(values: FlagValues, source: string): AutoModelOptio
   return options;
 }
 
+/** Read an --icl-examples file: a JSON list of {instruct?, query?, response?} (or {"examples": [...]}). */
+export function readIclExamples(file: string): IclExample[] {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(readFileSync(file, "utf8"));
+  } catch (err) {
+    throw new UsageError(`--icl-examples ${file}: ${(err as Error).message}`);
+  }
+  const list = Array.isArray(parsed) ? parsed : (parsed as { examples?: unknown } | null)?.examples;
+  const fields = ["instruct", "query", "response"];
+  const valid =
+    Array.isArray(list) &&
+    list.every(
+      (e) =>
+        e !== null &&
+        typeof e === "object" &&
+        !Array.isArray(e) &&
+        Object.entries(e).every(([k, v]) => fields.includes(k) && (typeof v === "string" || v === null)),
+    );
+  if (!valid) {
+    throw new UsageError(
+      `--icl-examples ${file}: expected a JSON list of {"instruct", "query", "response"} objects with string values`,
+    );
+  }
+  return list as IclExample[];
+}
+
 /** Parse `ID_OR_DIR[=ALIAS]`. */
 export function parseModelArg(arg: string): { source: string; alias?: string } {
   const eq = arg.lastIndexOf("=");
   if (eq > 0 && eq < arg.length - 1) return { source: arg.slice(0, eq), alias: arg.slice(eq + 1) };
   return { source: arg };
+}
+
+/** --classification-instruction / --clustering-instruction, when given. */
+export function taskInstructions(values: FlagValues): { taskInstructions?: TaskInstructions } {
+  const classification = str(values, "classification-instruction");
+  const clustering = str(values, "clustering-instruction");
+  if (classification === undefined && clustering === undefined) return {};
+  return {
+    taskInstructions: {
+      ...(classification !== undefined ? { classification } : {}),
+      ...(clustering !== undefined ? { clustering } : {}),
+    },
+  };
 }

@@ -10,7 +10,7 @@ import {
 import type { InputType, ModelSpec } from "../serving/executor.js";
 
 import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
-import { MODEL_FLAGS, modelOptions, parseModelArg } from "./model-flags.js";
+import { MODEL_FLAGS, modelOptions, parseModelArg, taskInstructions } from "./model-flags.js";
 
 const D = DEFAULT_CONFIG;
 
@@ -92,6 +92,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
       source,
       ...(alias ? { alias } : {}),
       options: modelOptions(values, source),
+      ...taskInstructions(values),
       defaultInputType: perModel.get(alias ?? source) ?? perModel.get(source) ?? (inputType as InputType),
     };
   });

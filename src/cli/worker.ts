@@ -2,12 +2,10 @@ import { DEFAULT_CONFIG, serverConfig } from "../config.js";
 import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
 import type { ModelSpec } from "../serving/executor.js";
-import { serveModels } from "../serving/load.js";
 import { Metrics } from "../serving/metrics.js";
-import { ModelRegistry } from "../serving/registry.js";
-import { parseWorkerDevices, WorkerPoolExecutor } from "../serving/worker-pool.js";
+import { ServingStack } from "../serving/stack.js";
 import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
-import { MODEL_FLAGS, modelOptions, parseModelArg } from "./model-flags.js";
+import { MODEL_FLAGS, modelOptions, parseModelArg, taskInstructions } from "./model-flags.js";
 
 export const WORKER_FLAGS: FlagSpecs = {
   "redis-url": { type: "string", help: "Redis holding the job queue (required)" },
@@ -50,7 +48,12 @@ export async function workerCommand(argv: string[]): Promise<void> {
   if (models.length === 0) throw new UsageError("--model is required (the models the API serves jobs for)");
   const specs: ModelSpec[] = models.map((arg) => {
     const { source, alias } = parseModelArg(arg);
-    return { source, ...(alias ? { alias } : {}), options: modelOptions(values, source) };
+    return {
+      source,
+      ...(alias ? { alias } : {}),
+      options: modelOptions(values, source),
+      ...taskInstructions(values),
+    };
   });
   const log = (msg: string, detail?: Record<string, unknown>) =>
     process.stderr.write(`flagserve worker: ${msg}${detail ? ` ${JSON.stringify(detail)}` : ""}\n`);
@@ -65,15 +68,9 @@ export async function workerCommand(argv: string[]): Promise<void> {
     },
   });
   const metrics = new Metrics();
-  const registry = new ModelRegistry();
-  const executor = new WorkerPoolExecutor(parseWorkerDevices(config.devices), {
-    inflightPerWorker: config.pool.inflightPerWorker,
-    onEvent: (event, detail) => log(event, detail),
-  });
-  const infos = await executor.load(specs);
-  for (const m of await serveModels(infos, specs, executor, config.scheduler, metrics)) {
-    registry.add(m);
-  }
+  const stack = new ServingStack(config, metrics, log);
+  await stack.load(specs);
+  const registry = stack.registry;
   const jobs = createJobSystem(config.jobs, log);
   const state = { ready: true };
   jobs.engine.work(jobComputers({ config, registry, metrics, state }), config.jobs.concurrency);
@@ -86,8 +83,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
     log(`${signal}: finishing the chunks in hand`);
     (async () => {
       await jobs.close();
-      await registry.close();
-      await executor.close();
+      await stack.close();
     })().then(
       () => process.exit(0),
       () => process.exit(1),

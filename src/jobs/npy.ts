@@ -2,7 +2,7 @@
  * NumPy .npy format 1.0: magic, version, a little-endian u16 header length, then a Python dict
  * literal padded with spaces to a multiple of 64 bytes and ending in a newline; the data follows.
  */
-export function npyHeader(descr: "<f4" | "<f2", shape: number[]): Buffer {
+export function npyHeader(descr: "<f4" | "<f2" | "|i1" | "|u1", shape: number[]): Buffer {
   const dict = `{'descr': '${descr}', 'fortran_order': False, 'shape': (${shape.join(", ")}${shape.length === 1 ? "," : ""}), }`;
   const preamble = 10; // magic (6) + version (2) + header length (2)
   const padded = Math.ceil((preamble + dict.length + 1) / 64) * 64;

@@ -1,5 +1,10 @@
 import { float32Json } from "../runtime/float-format.js";
+import { type EmbeddingType, quantizeRow, rowBytes } from "../serving/quantize.js";
 import { npyHeader, toFloat16 } from "./npy.js";
+
+/** What a job's npy results may hold. */
+export type NpyType = "float32" | "float16" | Exclude<EmbeddingType, "float">;
+
 import type { BlobStore } from "./store.js";
 import { type JobRecord, keys } from "./types.js";
 
@@ -18,26 +23,41 @@ export class JobResults {
     }
   }
 
-  /** JSONL: {"index", "embedding"} per input, in input order. */
-  async *jsonl(job: JobRecord): AsyncGenerator<string> {
+  /** JSONL: {"index", "embedding"} per input, in input order; quantized types as integers. */
+  async *jsonl(job: JobRecord, type: EmbeddingType = "float"): AsyncGenerator<string> {
     let index = 0;
     for await (const data of this.vectorChunks(job)) {
       const rows = data.length / job.dims;
       let text = "";
       for (let r = 0; r < rows; r++) {
-        text += `{"index":${index++},"embedding":${float32Json(data.subarray(r * job.dims, (r + 1) * job.dims))}}\n`;
+        const row = data.subarray(r * job.dims, (r + 1) * job.dims);
+        const embedding = type === "float" ? float32Json(row) : `[${quantizeRow(row, type).join(",")}]`;
+        text += `{"index":${index++},"embedding":${embedding}}\n`;
       }
       yield text;
     }
   }
 
-  /** A NumPy .npy file of shape (inputs, dims), float32 or float16. */
-  async *npy(job: JobRecord, dtype: "float32" | "float16"): AsyncGenerator<Buffer> {
-    yield npyHeader(dtype === "float16" ? "<f2" : "<f4", [job.total, job.dims]);
+  /**
+   * A NumPy .npy file of shape (inputs, dims): float32 or float16, int8 / uint8, or
+   * (inputs, ceil(dims / 8)) packed bits for binary (int8) / ubinary (uint8); see serving/quantize.ts.
+   */
+  async *npy(job: JobRecord, dtype: NpyType): AsyncGenerator<Buffer> {
+    const packed = dtype === "binary" || dtype === "ubinary";
+    const descr = (
+      { float32: "<f4", float16: "<f2", int8: "|i1", uint8: "|u1", binary: "|i1", ubinary: "|u1" } as const
+    )[dtype];
+    yield npyHeader(descr, [job.total, packed ? Math.ceil(job.dims / 8) : job.dims]);
     for await (const data of this.vectorChunks(job)) {
-      yield dtype === "float16"
-        ? Buffer.from(toFloat16(data).buffer)
-        : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      if (dtype === "float32") yield Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+      else if (dtype === "float16") yield Buffer.from(toFloat16(data).buffer);
+      else {
+        const rows: Buffer[] = [];
+        for (let r = 0; r < data.length / job.dims; r++) {
+          rows.push(rowBytes(quantizeRow(data.subarray(r * job.dims, (r + 1) * job.dims), dtype)));
+        }
+        yield Buffer.concat(rows);
+      }
     }
   }
 

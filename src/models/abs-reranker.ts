@@ -53,9 +53,10 @@ export interface ResolvedRerankerOptions {
 
 /**
  * FlagEmbedding's AbsReranker: instructions on queries and passages, defaults, and
- * computeScore spread over several devices when more than one is configured.
+ * computeScore spread over several devices when more than one is configured. `TScores` is what
+ * computeScore returns: one score per pair, or (layerwise LLM rerankers) one list per layer.
  */
-export abstract class AbsReranker extends LoadedModelBase {
+export abstract class AbsReranker<TScores = number[]> extends LoadedModelBase {
   readonly options: ResolvedRerankerOptions;
 
   protected constructor(modelNameOrPath: string, options: RerankerOptions, model: LoadedModel) {
@@ -76,7 +77,12 @@ export abstract class AbsReranker extends LoadedModelBase {
     pairs: SentencePair[],
     opts: ResolvedScoreOptions,
     device: number,
-  ): Promise<number[]>;
+  ): Promise<TScores>;
+
+  /** Join the scores of consecutive chunks of pairs run on several devices. */
+  protected joinScores(parts: TScores[]): TScores {
+    return (parts as number[][]).flat() as TScores;
+  }
 
   /** Apply the configured instructions to each pair (FlagEmbedding's get_detailed_inputs). */
   getDetailedInputs(pairs: SentencePair[]): SentencePair[] {
@@ -110,7 +116,7 @@ export abstract class AbsReranker extends LoadedModelBase {
    * Scores of (query, passage) pairs, in input order. A single pair may be given flat, as in
    * FlagEmbedding; the result is always a list.
    */
-  async computeScore(pairs: SentencePair[] | SentencePair, opts: ScoreOptions = {}): Promise<number[]> {
+  async computeScore(pairs: SentencePair[] | SentencePair, opts: ScoreOptions = {}): Promise<TScores> {
     const list = (typeof pairs[0] === "string" ? [pairs as SentencePair] : pairs) as SentencePair[];
     if (
       !Array.isArray(list) ||
@@ -124,7 +130,7 @@ export abstract class AbsReranker extends LoadedModelBase {
       detailed,
       this.deviceCount,
       (chunk, device) => this.computeScoreSingleDevice(chunk, resolved, device),
-      (parts) => parts.flat(),
+      (parts) => this.joinScores(parts),
     );
   }
 }

@@ -1,6 +1,12 @@
 import { FlagserveError } from "../runtime/errors.js";
 import type { RerankerOptions } from "./abs-reranker.js";
 import {
+  FlagLLMReranker,
+  LayerWiseFlagLLMReranker,
+  LightWeightFlagLLMReranker,
+  type LLMRerankerOptions,
+} from "./llm-reranker.js";
+import {
   AUTO_RERANKER_MAPPING,
   mappingKey,
   parseModelClass,
@@ -10,7 +16,7 @@ import {
 } from "./mapping.js";
 import { FlagReranker } from "./reranker.js";
 
-export interface AutoRerankerOptions extends RerankerOptions {
+export interface AutoRerankerOptions extends RerankerOptions, LLMRerankerOptions {
   /** Pick the class yourself, for models the mapping does not know. */
   modelClass?: RerankerModelClass | `${RerankerModelClass}`;
   /** Accepted for FlagEmbedding compatibility; ONNX graphs run no repository code. */
@@ -18,7 +24,7 @@ export interface AutoRerankerOptions extends RerankerOptions {
 }
 
 /** The reranker classes this build can instantiate. */
-export type Reranker = FlagReranker;
+export type Reranker = FlagReranker | FlagLLMReranker | LayerWiseFlagLLMReranker | LightWeightFlagLLMReranker;
 
 /** FlagEmbedding's FlagAutoReranker: picks the reranker class by model name. */
 export class FlagAutoReranker {
@@ -57,11 +63,12 @@ export class FlagAutoReranker {
     switch (config.modelClass) {
       case "encoder-only-base":
         return FlagReranker.load(nameOrPath, rest, hubRepo);
-      default:
-        throw new FlagserveError(
-          "not_supported",
-          `${config.name} needs the ${config.modelClass} reranker class, which flagserve does not provide yet`,
-        );
+      case "decoder-only-base":
+        return FlagLLMReranker.load(nameOrPath, rest, hubRepo);
+      case "decoder-only-layerwise":
+        return LayerWiseFlagLLMReranker.load(nameOrPath, rest, hubRepo);
+      case "decoder-only-lightweight":
+        return LightWeightFlagLLMReranker.load(nameOrPath, rest, hubRepo);
     }
   }
 }

@@ -1,4 +1,11 @@
 import { FlagserveError } from "../runtime/errors.js";
+import {
+  FlagICLModel,
+  FlagLLMModel,
+  FlagPseudoMoEModel,
+  type ICLModelOptions,
+  type PseudoMoEOptions,
+} from "./decoder-only.js";
 import { FlagModel, type FlagModelOptions } from "./encoder-only.js";
 import { BGEM3FlagModel, type M3Options } from "./m3.js";
 import {
@@ -11,14 +18,14 @@ import {
 } from "./mapping.js";
 import type { Pooling } from "./pooling.js";
 
-export interface AutoModelOptions extends FlagModelOptions, M3Options {
+export interface AutoModelOptions extends FlagModelOptions, M3Options, ICLModelOptions, PseudoMoEOptions {
   /** Pick the class yourself, for models the mapping does not know. */
   modelClass?: EmbedderModelClass | `${EmbedderModelClass}`;
   /** Accepted for FlagEmbedding compatibility; ONNX graphs run no repository code, so it changes nothing. */
   trustRemoteCode?: boolean;
 }
 
-/** The embedder classes this build can instantiate. */
+/** The embedder classes this build can instantiate (the decoder-only ones are FlagModels too). */
 export type Embedder = FlagModel | BGEM3FlagModel;
 
 const DEFAULT_POOLING: Record<EmbedderModelClass, Pooling> = {
@@ -72,7 +79,7 @@ export class FlagAutoModel {
   static async fromFinetuned(nameOrPath: string, options: AutoModelOptions = {}): Promise<Embedder> {
     const config = FlagAutoModel.resolveConfig(nameOrPath, options);
     const { modelClass: _mc, trustRemoteCode: _trc, ...rest } = options;
-    const loadOptions: FlagModelOptions & M3Options = {
+    const loadOptions: FlagModelOptions & M3Options & ICLModelOptions & PseudoMoEOptions = {
       ...rest,
       poolingMethod: config.poolingMethod,
       queryInstructionFormat: config.queryInstructionFormat,
@@ -83,11 +90,12 @@ export class FlagAutoModel {
         return FlagModel.load(nameOrPath, loadOptions, hubRepo);
       case "encoder-only-m3":
         return BGEM3FlagModel.load(nameOrPath, loadOptions, hubRepo);
-      default:
-        throw new FlagserveError(
-          "not_supported",
-          `${config.name} needs the ${config.modelClass} embedder class, which flagserve does not provide yet`,
-        );
+      case "decoder-only-base":
+        return FlagLLMModel.load(nameOrPath, loadOptions, hubRepo);
+      case "decoder-only-icl":
+        return FlagICLModel.load(nameOrPath, loadOptions, hubRepo);
+      case "decoder-only-pseudo_moe":
+        return FlagPseudoMoEModel.load(nameOrPath, loadOptions, hubRepo);
     }
   }
 }

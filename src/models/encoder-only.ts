@@ -1,6 +1,12 @@
 import { FlagserveError } from "../runtime/errors.js";
 import { Float32Matrix } from "../runtime/matrix.js";
-import { batchFeeds, type OnnxSession, padBatch, tensorToFloat32 } from "../runtime/session.js";
+import {
+  batchFeeds,
+  type OnnxSession,
+  padBatch,
+  type TokenIds,
+  tensorToFloat32,
+} from "../runtime/session.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import {
   AbsEmbedder,
@@ -32,7 +38,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
   private readonly prePooled: boolean;
   /** The per-token output, if the graph has one (for token embeddings). */
   private readonly hiddenName: string | undefined;
-  private nativeDimension = 0;
+  protected nativeDimension = 0;
 
   protected constructor(nameOrPath: string, options: FlagModelOptions, model: LoadedModel) {
     super(nameOrPath, options, model);
@@ -81,7 +87,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
    * One forward pass over already tokenized inputs on one device: pooled vectors, not truncated
    * or normalised (the server applies per-request dimensions and normalisation itself).
    */
-  async denseBatch(encodings: Encoding[], device = 0): Promise<Float32Matrix> {
+  async denseBatch(encodings: TokenIds[], device = 0): Promise<Float32Matrix> {
     const session = this.model.sessions[device];
     if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
     return this.forward(session, encodings);
@@ -91,7 +97,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
    * Every real token's output vector (special tokens included) of tokenized inputs: TEI's
    * embed_all. Raw, like the pooled vectors.
    */
-  async tokenStates(encodings: Encoding[], device = 0): Promise<Float32Matrix[]> {
+  async tokenStates(encodings: TokenIds[], device = 0): Promise<Float32Matrix[]> {
     const session = this.model.sessions[device];
     if (!session) throw new FlagserveError("invalid_input", `device index ${device} out of range`);
     const name = this.hiddenName;
@@ -109,7 +115,7 @@ export class FlagModel extends AbsEmbedder<Float32Matrix, Float32Array> {
   }
 
   /** Run one padded batch through the graph and pool it (no truncation or normalisation). */
-  protected async forward(session: OnnxSession, encodings: Encoding[]): Promise<Float32Matrix> {
+  protected async forward(session: OnnxSession, encodings: TokenIds[]): Promise<Float32Matrix> {
     const tok = this.model.tokenizer;
     const batch = padBatch(encodings, tok.padTokenId, tok.paddingSide);
     const out = await session.run(batchFeeds(session, batch), [this.outputName]);

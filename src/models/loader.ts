@@ -25,6 +25,8 @@ export interface RuntimeOptions {
   interOpThreads?: number;
   /** ONNX Runtime thread spinning between runs (see SessionOptions.spinning). */
   spinning?: boolean;
+  /** ONNX Runtime's CPU memory arena (see SessionOptions.cpuMemArena). */
+  cpuMemArena?: boolean;
   /** Hub access for model ids (revision, cache, endpoint, token, offline); defaults from HF_* env vars. */
   hub?: HubOptions;
 }
@@ -102,6 +104,7 @@ export async function loadModel(
         ...(options.intraOpThreads !== undefined ? { intraOpThreads: options.intraOpThreads } : {}),
         ...(options.interOpThreads !== undefined ? { interOpThreads: options.interOpThreads } : {}),
         ...(options.spinning !== undefined ? { spinning: options.spinning } : {}),
+        ...(options.cpuMemArena !== undefined ? { cpuMemArena: options.cpuMemArena } : {}),
       }),
     );
   }

@@ -5,6 +5,7 @@ import {
   type OnnxSession,
   type PaddedBatch,
   padBatch,
+  type TokenIds,
   tensorToFloat32,
 } from "../runtime/session.js";
 import type { Encoding } from "../runtime/tokenizer.js";
@@ -141,7 +142,7 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
   }
 
   /** Dense (cls) vectors of tokenized inputs, not truncated or normalised: the server's unit of work. */
-  async denseBatch(encodings: Encoding[], device = 0): Promise<Float32Matrix> {
+  async denseBatch(encodings: TokenIds[], device = 0): Promise<Float32Matrix> {
     const rows = await this.runRaw(encodings, device, { dense: true, sparse: false, colbert: false });
     return Float32Matrix.fromRows(
       rows.map((r) => r.dense as Float32Array),
@@ -154,7 +155,7 @@ export class BGEM3FlagModel extends AbsEmbedder<M3Output, M3Single, M3EncodeOpti
    * Results are raw: no truncation, no normalisation, no token filtering.
    */
   async runRaw(
-    encodings: Encoding[],
+    encodings: TokenIds[],
     device: number,
     want: { dense: boolean; sparse: boolean; colbert: boolean },
   ): Promise<M3Raw[]> {

@@ -180,22 +180,39 @@ export function hubRepoFor(name: string): string | undefined {
 export interface DefaultInstructions {
   query?: string;
   passage?: string;
+  /** Symmetric tasks (Cohere's input_type classification / clustering), written like a query's. */
+  tasks?: { classification?: string; clustering?: string };
 }
 
 const WEB_SEARCH = "Given a web search query, retrieve relevant passages that answer the query";
+/** Generic task descriptions for instruction-tuned models, in the style of their model cards. */
+const TASKS = {
+  classification: "Classify the given text into the category it belongs to",
+  clustering: "Identify the main topic or theme of the given text",
+};
 
-export function defaultInstructions(name: string): DefaultInstructions {
+/**
+ * `modelClass` decides for directories the mapping does not know: an instruction-tuned decoder
+ * (decoder-only-*) gets the task descriptions too.
+ */
+export function defaultInstructions(name: string, modelClass?: string): DefaultInstructions {
   const key = mappingKey(name);
   if (/^bge-(small|base|large)-en(-v1\.5)?$/.test(key)) {
     return { query: "Represent this sentence for searching relevant passages: " };
   }
   if (/^bge-(small|base|large)-zh(-v1\.5)?$/.test(key))
     return { query: "为这个句子生成表示以用于检索相关文章：" };
+  // E5's card: "query: " also for symmetric tasks (similarity, classification, clustering).
   if (/^(multilingual-)?e5-(small|base|large)(-v2)?$/.test(key))
-    return { query: "query: ", passage: "passage: " };
+    return {
+      query: "query: ",
+      passage: "passage: ",
+      tasks: { classification: "query: ", clustering: "query: " },
+    };
   const config = AUTO_EMBEDDER_MAPPING.get(key);
   // Instruction-tuned decoder and e5-instruct models expect a task description with every query.
-  if (config && config.queryInstructionFormat !== "{}{}") return { query: WEB_SEARCH };
+  if (config && config.queryInstructionFormat !== "{}{}") return { query: WEB_SEARCH, tasks: TASKS };
+  if (modelClass?.startsWith("decoder-only")) return { tasks: TASKS };
   return {};
 }
 

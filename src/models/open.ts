@@ -3,6 +3,7 @@ import { ModelDir, modelFileSelector, parseDtype } from "../runtime/model-dir.js
 import type { RerankerOptions } from "./abs-reranker.js";
 import { type AutoModelOptions, type Embedder, FlagAutoModel } from "./auto.js";
 import { type AutoRerankerOptions, FlagAutoReranker, type Reranker } from "./auto-reranker.js";
+import { readFlagserveJson } from "./decoder-only.js";
 import { FlagModel } from "./encoder-only.js";
 import { parseDevices, resolveModelDir } from "./loader.js";
 import {
@@ -23,7 +24,10 @@ export type OpenOptions = AutoModelOptions &
 
 export type OpenedModel = { kind: "embedding"; model: Embedder } | { kind: "rerank"; model: Reranker };
 
-async function resolveDir(source: string, options: OpenOptions): Promise<ModelDir> {
+async function resolveDir(
+  source: string,
+  options: Pick<OpenOptions, "devices" | "dtype" | "onnxFile" | "hub">,
+): Promise<ModelDir> {
   const onCuda = parseDevices(options.devices).some((d) => d.kind === "cuda");
   const dtype = options.dtype === undefined ? "auto" : parseDtype(options.dtype);
   const select = modelFileSelector(dtype, onCuda ? "cuda" : "cpu", options.onnxFile);
@@ -40,6 +44,17 @@ export async function openEmbedder(source: string, options: AutoModelOptions = {
     return FlagAutoModel.fromFinetuned(source, options);
   }
   const dir = await resolveDir(source, options);
+  const exported = exportedClass(dir, "embedding", EMBEDDER_CLASSES);
+  if (exported) {
+    return FlagAutoModel.fromFinetuned(dir.path, {
+      ...options,
+      modelClass: exported.modelClass as EmbedderModelClass,
+      // The export recorded the mapping's format for its model (FlagAutoModel would use "{}{}").
+      ...(options.queryInstructionFormat === undefined && exported.queryFormat !== undefined
+        ? { queryInstructionFormat: exported.queryFormat }
+        : {}),
+    });
+  }
   const pooling = options.poolingMethod ?? (await dir.sentenceTransformersPooling());
   if (!pooling) {
     throw new FlagserveError(
@@ -57,12 +72,40 @@ export async function openReranker(source: string, options: AutoRerankerOptions 
   if (options.modelClass !== undefined || AUTO_RERANKER_MAPPING.has(mappingKey(source))) {
     return FlagAutoReranker.fromFinetuned(source, options);
   }
+  const dir = await resolveDir(source, options);
+  const exported = exportedClass(dir, "rerank", RERANKER_CLASSES);
+  if (exported) {
+    return FlagAutoReranker.fromFinetuned(dir.path, {
+      ...options,
+      modelClass: exported.modelClass as RerankerModelClass,
+    });
+  }
   const { modelClass: _mc, trustRemoteCode: _trc, ...rest } = options;
-  return FlagReranker.load(source, rest);
+  return FlagReranker.load(dir.path, rest);
 }
 
 const RERANKER_CLASSES = Object.values(RerankerModelClass) as string[];
 const EMBEDDER_CLASSES = Object.values(EmbedderModelClass) as string[];
+
+/**
+ * The kind and class a directory's flagserve.json (written by scripts/export) declares, so an
+ * exported directory serves with no flags; undefined when it has none (or another kind's).
+ */
+function exportedClass(
+  dir: ModelDir,
+  kind?: "embedding" | "rerank",
+  classes?: string[],
+): { kind: "embedding" | "rerank"; modelClass: string; queryFormat: string | undefined } | undefined {
+  const meta = readFlagserveJson(dir.path);
+  const k = meta.kind;
+  const modelClass = meta.model_class;
+  if ((k !== "embedding" && k !== "rerank") || typeof modelClass !== "string") return undefined;
+  if (kind !== undefined && k !== kind) return undefined;
+  if (classes && !classes.includes(modelClass)) return undefined;
+  const queryFormat =
+    typeof meta.query_instruction_format === "string" ? meta.query_instruction_format : undefined;
+  return { kind: k, modelClass, queryFormat };
+}
 
 /**
  * Open a model of either kind. The kind comes from the mappings, then from an explicit class
@@ -96,6 +139,13 @@ export async function openModel(source: string, options: OpenOptions = {}): Prom
     return { kind: "rerank", model: await openReranker(source, rerankerOptions()) };
   }
   const dir = await resolveDir(source, options);
+  const exported = exportedClass(dir);
+  if (exported?.kind === "rerank" && modelClass === undefined) {
+    return { kind: "rerank", model: await openReranker(dir.path, rerankerOptions()) };
+  }
+  if (exported?.kind === "embedding") {
+    return { kind: "embedding", model: await openEmbedder(dir.path, options as AutoModelOptions) };
+  }
   const architectures = Array.isArray(dir.config.architectures) ? (dir.config.architectures as string[]) : [];
   if (architectures.some((a) => a.endsWith("ForSequenceClassification"))) {
     return { kind: "rerank", model: await openReranker(dir.path, rerankerOptions()) };

@@ -1,5 +1,11 @@
 import { FlagserveError } from "../runtime/errors.js";
-import { batchFeeds, type OnnxSession, padBatch, tensorToFloat32 } from "../runtime/session.js";
+import {
+  batchFeeds,
+  type OnnxSession,
+  padBatch,
+  type TokenIds,
+  tensorToFloat32,
+} from "../runtime/session.js";
 import type { Encoding } from "../runtime/tokenizer.js";
 import {
   AbsReranker,
@@ -56,7 +62,7 @@ export class FlagReranker extends AbsReranker {
   }
 
   /** Raw logits of one batch of encoded pairs on one device (the server's unit of work). */
-  async scoreEncodings(encodings: Encoding[], device = 0): Promise<Float32Array> {
+  async scoreEncodings(encodings: TokenIds[], device = 0): Promise<Float32Array> {
     const session = this.model.sessions[device] as OnnxSession;
     const tok = this.model.tokenizer;
     const batch = padBatch(encodings, tok.padTokenId, tok.paddingSide);

@@ -194,6 +194,8 @@ export class ModelDir {
 /** Config and tokenizer files worth having beside the graph (sentence-transformers pooling included). */
 const SIDE_FILES = [
   "config.json",
+  // What scripts/export wrote: model class, formats, options fixed at export.
+  "flagserve.json",
   "tokenizer.json",
   "tokenizer_config.json",
   "special_tokens_map.json",

@@ -8,7 +8,7 @@ import { FlagserveError } from "./errors.js";
 
 export { type Device, deviceName, parseDevice } from "./device.js";
 
-import type { Encoding, Side } from "./tokenizer.js";
+import type { Side } from "./tokenizer.js";
 
 export interface SessionOptions {
   device?: Device;
@@ -22,6 +22,11 @@ export interface SessionOptions {
    * do not take CPU from request handling.
    */
   spinning?: boolean;
+  /**
+   * Keep freed tensor memory in ONNX Runtime's CPU arena for reuse. Default true; a long-running
+   * server turns it off so that memory taken by one spike of long inputs goes back to the system.
+   */
+  cpuMemArena?: boolean;
 }
 
 /**
@@ -70,6 +75,7 @@ export class OnnxSession {
           : ["cpu"],
     };
     if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
+    if (options.cpuMemArena === false) sessionOptions.enableCpuMemArena = false;
     if (options.interOpThreads !== undefined) sessionOptions.interOpNumThreads = options.interOpThreads;
     if (options.spinning === false) {
       sessionOptions.extra = {
@@ -110,6 +116,12 @@ export class OnnxSession {
   }
 }
 
+/** Token ids of one input as a batch needs them: number arrays, or views into a packed buffer. */
+export interface TokenIds {
+  ids: ArrayLike<number>;
+  typeIds: ArrayLike<number>;
+}
+
 /** A padded batch of token ids ready to become int64 tensors. */
 export interface PaddedBatch {
   size: number;
@@ -123,7 +135,7 @@ export interface PaddedBatch {
 }
 
 /** Pad encodings to the longest one, on the tokenizer's padding side. */
-export function padBatch(encodings: Encoding[], padId: number, side: Side): PaddedBatch {
+export function padBatch(encodings: readonly TokenIds[], padId: number, side: Side): PaddedBatch {
   const size = encodings.length;
   const seqLen = encodings.reduce((m, e) => Math.max(m, e.ids.length), 0);
   const inputIds = new BigInt64Array(size * seqLen).fill(BigInt(padId));

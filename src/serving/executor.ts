@@ -1,11 +1,16 @@
 // What the HTTP process knows of models and of where batches run. Types only: the process that
 // parses and schedules never loads the model classes or ONNX Runtime (see local-executor.ts).
+import type { CompressSettings, DecoderServeInfo, LLMRerankInfo } from "../models/decoder-prompts.js";
 import type { OpenOptions } from "../models/open.js";
 import type { M3Raw } from "../models/scoring.js";
-import type { Encoding } from "../runtime/tokenizer.js";
+import type { TokenIds } from "../runtime/session.js";
 
 export type ModelKind = "embedding" | "rerank";
-export type InputType = "query" | "passage";
+/** Instructions for symmetric tasks, applied with the query format. */
+export type TaskInstructions = Partial<Record<"classification" | "clustering", string>>;
+
+/** Which side a text is on: it decides the instruction (classification / clustering: task instructions). */
+export type InputType = "query" | "passage" | "classification" | "clustering";
 
 /** One `--model` entry: where the model comes from, its public name, and per-model defaults. */
 export interface ModelSpec {
@@ -15,6 +20,8 @@ export interface ModelSpec {
   options: OpenOptions;
   /** Applied when a request gives no input_type. Default "passage" (no query instruction). */
   defaultInputType?: InputType;
+  /** Instructions for input_type classification / clustering; default: the model card's. */
+  taskInstructions?: TaskInstructions;
 }
 
 /** What the HTTP process needs to know of a loaded model (it never holds the weights itself). */
@@ -40,6 +47,14 @@ export interface ModelInfo {
   passageInstruction: string | null;
   queryFormat: string;
   passageFormat: string;
+  /** Task instructions for input_type classification / clustering (instruction-tuned models). */
+  taskInstructions?: TaskInstructions;
+  /** FlagEmbedding's model class ("encoder-only-base", "decoder-only-icl", ...), if known. */
+  modelClass?: string;
+  /** Decoder-only embedders: query / passage limits, ICL examples, pseudo-MoE domains. */
+  decoder?: DecoderServeInfo;
+  /** LLM rerankers: the pair prompt, and the cutoff layers / compression the graph can serve. */
+  llm?: LLMRerankInfo;
 }
 
 /**
@@ -53,7 +68,25 @@ export interface Want {
   tokens?: boolean;
 }
 
-export type EmbedItem = Encoding & { want: Want };
+export type { TokenIds };
+
+export type EmbedItem = TokenIds & { want: Want };
+
+/** What an LLM reranker row carries besides its ids: part lengths, and the (layer, head) to return. */
+export interface LLMRowExtras {
+  queryLength: number;
+  promptLength: number;
+  layer: number;
+  head: number;
+}
+
+/** A pair to score: a cross-encoder's ids, or an LLM reranker row with its extras. */
+export type ScoreItem = TokenIds & { llm?: LLMRowExtras };
+
+/** Options every row of one score batch shares (the lightweight graph's compression). */
+export interface ScoreBatchOptions {
+  compress?: CompressSettings;
+}
 
 /** Where batches run: in this process (a worker's core) or in a pool of device workers. */
 export interface Executor {
@@ -62,8 +95,15 @@ export interface Executor {
   /** Load every model everywhere; the first batch of each runs during load (warm-up). */
   load(specs: ModelSpec[]): Promise<ModelInfo[]>;
   /** Embedding heads for a batch of inputs (raw: not truncated, not normalised). */
-  embed(model: string, items: EmbedItem[], slot: number): Promise<M3Raw[]>;
+  /** `signal` aborts when nobody waits for the batch any more (it is then skipped if not started). */
+  embed(model: string, items: EmbedItem[], slot: number, signal?: AbortSignal): Promise<M3Raw[]>;
   /** Raw logits for a batch of encoded (query, passage) pairs. */
-  score(model: string, items: Encoding[], slot: number): Promise<Float32Array>;
+  score(
+    model: string,
+    items: ScoreItem[],
+    slot: number,
+    signal?: AbortSignal,
+    options?: ScoreBatchOptions,
+  ): Promise<Float32Array>;
   close(): Promise<void>;
 }

@@ -14,11 +14,12 @@ export function readInputs(input: unknown, param: string, maxInputs: number): Ra
   if (typeof input === "string") return { texts: [input] };
   if (!Array.isArray(input)) throw invalid(`${param} must be a string or an array`, param);
   if (input.length === 0) throw invalid(`${param} must not be empty`, param, "empty");
+  // A flat array of token ids is one input, however long.
+  if (input.every((x) => Number.isInteger(x))) return { ids: [input as number[]] };
   if (input.length > maxInputs) {
     throw invalid(`${param} has ${input.length} items; at most ${maxInputs} are accepted per request`, param);
   }
   if (input.every((x) => typeof x === "string")) return { texts: input as string[] };
-  if (input.every((x) => Number.isInteger(x))) return { ids: [input as number[]] };
   if (input.every((x) => Array.isArray(x) && x.every((y) => Number.isInteger(y)))) {
     return { ids: input as number[][] };
   }

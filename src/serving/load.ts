@@ -4,25 +4,34 @@ import { TextTokenizer } from "../runtime/tokenizer.js";
 import type { Executor, ModelInfo, ModelSpec } from "./executor.js";
 import type { Metrics } from "./metrics.js";
 import { ServedEmbedder, type ServedModel, ServedReranker } from "./served.js";
+import type { TokenizerPool } from "./tokenizer-pool.js";
+
+export interface ServeOptions {
+  scheduler: Partial<SchedulerOptions>;
+  metrics: Metrics;
+  pool: TokenizerPool;
+  /** Device workers batches are spread over. */
+  devices: number;
+}
 
 /** Build the HTTP-side view of loaded models: tokenizers, prompts, schedulers. */
 export async function serveModels(
   infos: ModelInfo[],
   specs: ModelSpec[],
   executor: Executor,
-  scheduler: Partial<SchedulerOptions>,
-  metrics: Metrics,
+  o: ServeOptions,
 ): Promise<ServedModel[]> {
   const out: ServedModel[] = [];
   for (const [i, info] of infos.entries()) {
     const tokenizer = await TextTokenizer.fromDir(info.dir);
+    const common = {
+      pool: o.pool,
+      scheduler: o.scheduler,
+      devices: o.devices,
+      observer: o.metrics.schedulerObserver(info.id),
+    };
     if (info.kind === "rerank") {
-      out.push(
-        new ServedReranker(info, tokenizer, executor, {
-          scheduler,
-          observer: metrics.schedulerObserver(info.id),
-        }),
-      );
+      out.push(new ServedReranker(info, tokenizer, executor, common));
       continue;
     }
     const st = await readJsonIfExists(`${info.dir}/config_sentence_transformers.json`);
@@ -34,9 +43,8 @@ export async function serveModels(
     const defaultInputType = specs[i]?.defaultInputType;
     out.push(
       new ServedEmbedder(info, tokenizer, executor, {
+        ...common,
         prompts,
-        scheduler,
-        observer: metrics.schedulerObserver(info.id),
         ...(defaultInputType ? { defaultInputType } : {}),
       }),
     );

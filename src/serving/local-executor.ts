@@ -1,13 +1,29 @@
 // Runs batches with the model classes in this process: the device worker's engine. Importing this
 // module loads ONNX Runtime, so only the device worker (and library-style tools) do.
+import { existsSync } from "node:fs";
+import { FlagICLModel, FlagLLMModel, FlagPseudoMoEModel, readFlagserveJson } from "../models/decoder-only.js";
+import type { DecoderServeInfo } from "../models/decoder-prompts.js";
+import {
+  FlagLLMReranker,
+  LayerWiseFlagLLMReranker,
+  LightWeightFlagLLMReranker,
+} from "../models/llm-reranker.js";
 import { BGEM3FlagModel } from "../models/m3.js";
-import { defaultInstructions } from "../models/mapping.js";
+import { defaultInstructions, mappingKey } from "../models/mapping.js";
 import { type OpenedModel, type OpenOptions, openModel } from "../models/open.js";
+import { FlagReranker } from "../models/reranker.js";
 import type { M3Raw } from "../models/scoring.js";
 import { FlagserveError } from "../runtime/errors.js";
 import type { Float32Matrix } from "../runtime/matrix.js";
-import type { Encoding } from "../runtime/tokenizer.js";
-import type { EmbedItem, Executor, ModelInfo, ModelSpec } from "./executor.js";
+import type {
+  EmbedItem,
+  Executor,
+  ModelInfo,
+  ModelSpec,
+  ScoreBatchOptions,
+  ScoreItem,
+  TaskInstructions,
+} from "./executor.js";
 
 export function defaultAlias(source: string): string {
   const isPath = source.startsWith("/") || source.startsWith(".") || source.startsWith("~");
@@ -16,12 +32,20 @@ export function defaultAlias(source: string): string {
   return parts[parts.length - 1] as string;
 }
 
-/** Apply the model card's instructions unless the spec sets its own. */
+/**
+ * Apply the model card's instructions unless the spec sets its own. An exported directory is
+ * known by the mapped name its flagserve.json records.
+ */
 export function withDefaultInstructions(spec: ModelSpec): OpenOptions {
-  const d = defaultInstructions(spec.source);
+  let d = defaultInstructions(spec.source);
+  if (d.query === undefined && d.passage === undefined && existsSync(spec.source)) {
+    const mapped = readFlagserveJson(spec.source).mapped_name;
+    if (typeof mapped === "string" && mapped !== mappingKey(spec.source)) d = defaultInstructions(mapped);
+  }
+  // Unset rather than null, so an export's own instruction (flagserve.json) still applies.
   return {
-    queryInstructionForRetrieval: d.query ?? null,
-    passageInstructionForRetrieval: d.passage ?? null,
+    ...(d.query !== undefined ? { queryInstructionForRetrieval: d.query } : {}),
+    ...(d.passage !== undefined ? { passageInstructionForRetrieval: d.passage } : {}),
     ...spec.options,
   };
 }
@@ -38,9 +62,17 @@ export function describeModel(spec: ModelSpec, opened: OpenedModel): ModelInfo {
   };
   if (opened.kind === "rerank") {
     const r = opened.model;
+    const llm =
+      r instanceof FlagLLMReranker ||
+      r instanceof LayerWiseFlagLLMReranker ||
+      r instanceof LightWeightFlagLLMReranker
+        ? r.serveInfo()
+        : undefined;
     return {
       ...base,
       kind: "rerank",
+      modelClass: llm?.modelClass ?? "encoder-only-base",
+      ...(llm ? { llm } : {}),
       maxLength: r.resolveScoreOptions().maxLength,
       dimension: 0,
       m3: false,
@@ -56,9 +88,34 @@ export function describeModel(spec: ModelSpec, opened: OpenedModel): ModelInfo {
   }
   const m = opened.model;
   const o = m.options;
+  const modelClass =
+    m instanceof FlagICLModel
+      ? "decoder-only-icl"
+      : m instanceof FlagPseudoMoEModel
+        ? "decoder-only-pseudo_moe"
+        : m instanceof FlagLLMModel
+          ? "decoder-only-base"
+          : m instanceof BGEM3FlagModel
+            ? "encoder-only-m3"
+            : "encoder-only-base";
+  let decoder: DecoderServeInfo | undefined;
+  if (m instanceof FlagLLMModel) {
+    decoder = {
+      queryMaxLength: m.effectiveMaxLength(o.queryMaxLength),
+      passageMaxLength: m.effectiveMaxLength(o.passageMaxLength),
+      hardLimit: m.modelMaxLength ?? Number.MAX_SAFE_INTEGER,
+      icl:
+        m instanceof FlagICLModel
+          ? { examplesFormat: m.examplesInstructionFormat, suffix: m.suffix, examples: m.examplesForTask }
+          : null,
+      domains: m instanceof FlagPseudoMoEModel ? Object.keys(m.domains) : null,
+    };
+  }
   return {
     ...base,
     kind: "embedding",
+    modelClass,
+    ...(decoder ? { decoder } : {}),
     maxLength: m.effectiveMaxLength(Math.max(o.passageMaxLength, o.queryMaxLength)),
     dimension: m.dimension,
     m3: m instanceof BGEM3FlagModel,
@@ -70,7 +127,14 @@ export function describeModel(spec: ModelSpec, opened: OpenedModel): ModelInfo {
     passageInstruction: o.passageInstructionForRetrieval,
     queryFormat: o.queryInstructionFormat,
     passageFormat: o.passageInstructionFormat,
+    ...taskInstructionsOf(spec, modelClass),
   };
+}
+
+/** Classification / clustering instructions: the spec's, else the model card's, else none. */
+function taskInstructionsOf(spec: ModelSpec, modelClass: string): { taskInstructions?: TaskInstructions } {
+  const tasks = spec.taskInstructions ?? defaultInstructions(spec.source, modelClass).tasks;
+  return tasks && Object.keys(tasks).length > 0 ? { taskInstructions: tasks } : {};
 }
 
 /**
@@ -136,10 +200,28 @@ export class LocalExecutor implements Executor {
     }));
   }
 
-  async score(model: string, items: Encoding[], slot: number): Promise<Float32Array> {
+  async score(
+    model: string,
+    items: ScoreItem[],
+    slot: number,
+    _signal?: AbortSignal,
+    options?: ScoreBatchOptions,
+  ): Promise<Float32Array> {
     const opened = this.get(model);
     if (opened.kind !== "rerank") throw new FlagserveError("invalid_input", `${model} is not a reranker`);
-    return opened.model.scoreEncodings(items, slot % opened.model.deviceCount);
+    const r = opened.model;
+    const device = slot % r.deviceCount;
+    if (r instanceof FlagReranker) return r.scoreEncodings(items, device);
+    // An LLM reranker row says which (layer, head) score it wants and its part lengths.
+    const rows = items.map((item, i) => {
+      if (!item.llm)
+        throw new FlagserveError(
+          "invalid_input",
+          `row ${i} of a batch for ${model} lacks its LLM prompt data`,
+        );
+      return { ids: item.ids, typeIds: item.typeIds, ...item.llm };
+    });
+    return r.scoreRows(rows, device, options?.compress);
   }
 
   async close(): Promise<void> {

@@ -69,6 +69,25 @@ export class Metrics {
     registers: [this.registry],
   });
 
+  readonly tokenizerPieces = new Counter({
+    name: "flagserve_tokenizer_pieces_total",
+    help: "Pieces of tokenizing work done by the tokenizer threads",
+    registers: [this.registry],
+  });
+  readonly tokenizerRestarts = new Counter({
+    name: "flagserve_tokenizer_thread_restarts_total",
+    help: "Tokenizer threads replaced after dying (heap limit) or being stopped (abandoned work)",
+    registers: [this.registry],
+  });
+  /** Where the tokenizer queue's depth is read at scrape time (set by the serving stack). */
+  tokenizerQueueDepth: () => number = () => 0;
+  readonly tokenizerQueue: Gauge = new Gauge({
+    name: "flagserve_tokenizer_queue_depth",
+    help: "Pieces of tokenizing work waiting for a thread",
+    registers: [this.registry],
+    collect: (): void => this.tokenizerQueue.set(this.tokenizerQueueDepth()),
+  });
+
   constructor() {
     // 1 ms sampling: at prom-client's default of 10 ms, every recorded delay includes those 10 ms.
     collectDefaultMetrics({ register: this.registry, prefix: "flagserve_", eventLoopMonitoringPrecision: 1 });

@@ -1,8 +1,15 @@
 import type { M3Raw } from "../models/scoring.js";
 import type { ErrorKind } from "../runtime/errors.js";
 import { Float32Matrix } from "../runtime/matrix.js";
-import type { Encoding } from "../runtime/tokenizer.js";
-import type { EmbedItem, ModelInfo, ModelSpec, Want } from "./executor.js";
+import type {
+  EmbedItem,
+  ModelInfo,
+  ModelSpec,
+  ScoreBatchOptions,
+  ScoreItem,
+  TokenIds,
+  Want,
+} from "./executor.js";
 
 /**
  * Messages between the HTTP process and a device worker. The IPC channel uses V8 serialization,
@@ -16,12 +23,15 @@ export interface PackedBatch {
   lengths: Int32Array;
   /** Per item: bit 0 dense, 1 sparse, 2 colbert, 3 tokens. */
   wants: Uint8Array;
+  /** LLM reranker rows: query length, prompt length, layer, head; four per item. */
+  extras?: Int32Array;
 }
 
 export type ToWorker =
   | { type: "load"; specs: ModelSpec[] }
   | { type: "embed"; id: number; model: string; batch: PackedBatch }
-  | { type: "score"; id: number; model: string; batch: PackedBatch }
+  | { type: "score"; id: number; model: string; batch: PackedBatch; options?: ScoreBatchOptions }
+  | { type: "cancel"; id: number }
   | { type: "shutdown" };
 
 /** A Float32Matrix as plain data (classes do not survive structured clone). */
@@ -47,7 +57,7 @@ export type FromWorker =
 
 const WANT_BITS: (keyof Want)[] = ["dense", "sparse", "colbert", "tokens"];
 
-export function packBatch(items: (Encoding & { want?: Want })[]): PackedBatch {
+export function packBatch(items: (TokenIds & { want?: Want; llm?: ScoreItem["llm"] })[]): PackedBatch {
   const total = items.reduce((n, e) => n + e.ids.length, 0);
   const ids = new Int32Array(total);
   const typeIds = new Uint8Array(total);
@@ -65,7 +75,32 @@ export function packBatch(items: (Encoding & { want?: Want })[]): PackedBatch {
     });
     wants[i] = bits;
   });
-  return { ids, typeIds, lengths, wants };
+  if (!items.some((e) => e.llm)) return { ids, typeIds, lengths, wants };
+  const extras = new Int32Array(items.length * 4);
+  items.forEach((e, i) => {
+    const x = e.llm;
+    if (x) extras.set([x.queryLength, x.promptLength, x.layer, x.head], i * 4);
+  });
+  return { ids, typeIds, lengths, wants, extras };
+}
+
+/** A score batch's rows, with their LLM reranker extras when it has them. */
+export function unpackScoreBatch(b: PackedBatch): ScoreItem[] {
+  const extras = b.extras;
+  return unpackBatch(b).map(({ ids, typeIds }, i) =>
+    extras
+      ? {
+          ids,
+          typeIds,
+          llm: {
+            queryLength: extras[i * 4] as number,
+            promptLength: extras[i * 4 + 1] as number,
+            layer: extras[i * 4 + 2] as number,
+            head: extras[i * 4 + 3] as number,
+          },
+        }
+      : { ids, typeIds },
+  );
 }
 
 export function unpackBatch(b: PackedBatch): EmbedItem[] {

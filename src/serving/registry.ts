@@ -1,6 +1,14 @@
 import { mappingKey } from "../models/mapping.js";
 import type { ServedEmbedder, ServedModel, ServedReranker } from "./served.js";
 
+/**
+ * The suffix of the name under which every embedding model is also served for queries: clients
+ * that can only set a model name (LangChain's and LlamaIndex's OpenAI embedders) get the model's
+ * query instruction by naming "MODEL:query". A colon, as in Ollama's "name:tag", cannot clash with
+ * hub ids ("org/name") or directory names people serve.
+ */
+export const QUERY_SUFFIX = ":query";
+
 /** Served models by public name, with the lookup rules of the OpenAI-compatible routes. */
 export class ModelRegistry {
   readonly models: ServedModel[] = [];
@@ -22,7 +30,18 @@ export class ModelRegistry {
 
   find(name: string | undefined): ServedModel | undefined {
     if (name === undefined) return undefined;
-    return this.models.find((m) => m.id === name || m.source === name || mappingKey(m.source) === name);
+    const base = this.queryModel(name)?.id ?? name;
+    return this.models.find((m) => m.id === base || m.source === base || mappingKey(m.source) === base);
+  }
+
+  /** The embedding model `name` serves for queries, when it is one's "MODEL:query" name. */
+  queryModel(name: string | undefined): ServedEmbedder | undefined {
+    if (!name?.endsWith(QUERY_SUFFIX)) return undefined;
+    const base = name.slice(0, -QUERY_SUFFIX.length);
+    const found = this.models.find(
+      (m) => m.id === base || m.source === base || mappingKey(m.source) === base,
+    );
+    return found?.kind === "embedding" ? found : undefined;
   }
 
   /**

@@ -1,12 +1,11 @@
 import { dot } from "../runtime/matrix.js";
-import type { Encoding } from "../runtime/tokenizer.js";
 import type { ServingContext } from "./context.js";
 import { modelsLoading } from "./embed.js";
 import { checkFinite, invalid, RequestError } from "./errors.js";
+import type { TokenIds } from "./executor.js";
 import { type ModeWeights, m3Hybrid } from "./hybrid.js";
 import { finalizeEmbeddings, tooManyTokens } from "./inputs.js";
-import type { ServedEmbedder, ServedModel, ServedReranker } from "./served.js";
-import { mapYielding } from "./yielding.js";
+import type { LLMRerankOptions, ServedEmbedder, ServedModel, ServedReranker } from "./served.js";
 
 export type { ModeWeights };
 
@@ -27,8 +26,12 @@ export interface RerankRequest {
   truncate: boolean;
   /** Keep the best N (all when undefined). */
   topN: number | undefined;
+  /** LLM rerankers: the layer to score with (layerwise / lightweight) and the compression (lightweight). */
+  llm?: LLMRerankOptions;
   /** Epoch milliseconds after which the request is abandoned. */
   deadline: number;
+  /** Aborted at the deadline or when the client goes away. */
+  signal?: AbortSignal;
 }
 
 export interface Ranked {
@@ -58,70 +61,52 @@ function pickModel(ctx: ServingContext, name: string | undefined): ServedModel {
   });
 }
 
-/** Windows of `size` ids stepping by three quarters of a window, at most `max` of them. */
-function windows(ids: number[], size: number, max: number): number[][] {
-  if (ids.length <= size || max <= 1) return [ids];
-  const stride = Math.max(1, Math.floor((size * 3) / 4));
-  const out: number[][] = [];
-  for (let start = 0; out.length < max; start += stride) {
-    out.push(ids.slice(start, start + size));
-    if (start + size >= ids.length) break;
-  }
-  return out;
-}
-
-function capTokens(model: ServedModel, text: string, max: number): string {
-  const ids = model.tokenizer.encodeWithoutSpecials(text, max);
-  return ids.length < max ? text : model.tokenizer.decode(ids, false);
-}
-
-function checkPairLength(model: ServedReranker, query: string, doc: string, index: number): void {
-  const n = model.tokenizer.countTokens(query) + model.tokenizer.countTokens(doc) - 1;
-  if (n > model.maxInputTokens) {
-    throw invalid(
-      `documents[${index}] with the query has ${n} tokens, more than the model's limit of ${model.maxInputTokens}; send it shorter or allow truncation`,
-      "documents",
-      "context_length_exceeded",
-    );
-  }
-}
-
 async function withCrossEncoder(
   ctx: ServingContext,
   model: ServedReranker,
   call: RerankRequest,
-  docs: string[],
 ): Promise<{ scores: number[]; tokens: number }> {
-  const tok = model.tokenizer;
-  const maxLength = model.maxInputTokens;
-  // Every window gets the query budget FlagEmbedding gives it; the passage fills the rest.
-  const q =
-    call.maxChunks > 1
-      ? tok.encodeWithoutSpecials(model.withQueryInstruction(call.query), Math.floor((maxLength * 3) / 4))
-      : [];
-  const room = Math.max(1, maxLength - q.length - tok.numSpecialTokens(true));
-  model.admit(docs.length);
-  const perDoc = await mapYielding(
-    docs,
-    (doc, i): Encoding[] => {
-      if (call.maxChunks > 1) {
-        const p = tok.encodeWithoutSpecials(model.withPassageInstruction(doc), room * call.maxChunks);
-        return windows(p, room, call.maxChunks).map((w) => tok.withSpecialTokens(q, w));
-      }
-      if (!call.truncate) checkPairLength(model, call.query, doc, i);
-      return [model.encodePair(call.query, doc)];
-    },
-    call.deadline,
-  );
-  const encodings = perDoc.flat();
-  const owner = perDoc.flatMap((chunks, i) => chunks.map(() => i));
+  const docs = call.documents;
+  // LLM rerankers: which layer's score, and the compression its batch must share.
+  const plan = model.llmPlan(call.llm ?? {});
+  const prompt = model.info.llm?.prompt.length ?? 0;
+  const cap = (model.maxInputTokens + prompt) * call.maxChunks;
+  const estimate = model.estimateTokens(docs, call.query.length + prompt, cap);
+  const admission = model.admit(docs.length, estimate, call.deadline, plan);
+  let encoded: Awaited<ReturnType<ServedReranker["encodePairs"]>>;
+  try {
+    encoded = await model.encodePairs({
+      query: call.query,
+      documents: docs,
+      truncate: call.truncate,
+      maxChunks: call.maxChunks,
+      ...(call.maxTokensPerDoc !== undefined ? { maxTokensPerDoc: call.maxTokensPerDoc } : {}),
+      ...(call.signal ? { signal: call.signal } : {}),
+    });
+  } catch (err) {
+    admission.release();
+    throw err;
+  }
+  const { encodings, owners, extras } = encoded;
   const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
-  if (tokens > ctx.config.limits.maxRequestTokens)
+  if (tokens > ctx.config.limits.maxRequestTokens) {
+    admission.release();
     throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens, "documents");
-  const chunkScores = await model.score(encodings, !call.rawScores, call.deadline);
+  }
+  const chunkScores = await model.score(
+    encodings,
+    !call.rawScores,
+    {
+      deadline: call.deadline,
+      admission,
+      ...(call.signal ? { signal: call.signal } : {}),
+    },
+    plan ? { plan, extras } : undefined,
+  );
+  // A document split into windows scores as its best window.
   const scores = new Array<number>(docs.length).fill(Number.NEGATIVE_INFINITY);
   chunkScores.forEach((s, k) => {
-    const i = owner[k] as number;
+    const i = owners[k] as number;
     scores[i] = Math.max(scores[i] as number, s);
   });
   return { scores, tokens };
@@ -131,34 +116,48 @@ async function withEmbedder(
   ctx: ServingContext,
   model: ServedEmbedder,
   call: RerankRequest,
-  docs: string[],
 ): Promise<{ scores: number[]; tokens: number }> {
-  const [q] = await model.tokenize({
-    texts: [call.query],
-    inputType: "query",
-    truncate: call.truncate,
-    deadline: call.deadline,
-  });
-  const d = await model.tokenize({
-    texts: docs,
-    inputType: "passage",
-    truncate: call.truncate,
-    deadline: call.deadline,
-  });
-  const encodings = [q as Encoding, ...d];
+  const docs = call.documents;
+  const estimate = model.estimateTokens([call.query, ...docs]);
+  const admission = model.admit(docs.length + 1, estimate, call.deadline);
+  const signal = call.signal ? { signal: call.signal } : {};
+  let encodings: TokenIds[];
+  try {
+    const [q] = await model.tokenize({
+      texts: [call.query],
+      inputType: "query",
+      truncate: call.truncate,
+      ...signal,
+    });
+    const d = await model.tokenize({
+      texts: docs,
+      inputType: "passage",
+      truncate: call.truncate,
+      // Cohere v2's max_tokens_per_doc: documents cut to that many tokens first.
+      ...(call.maxTokensPerDoc !== undefined ? { maxTokens: call.maxTokensPerDoc } : {}),
+      ...signal,
+    });
+    encodings = [q as TokenIds, ...d];
+  } catch (err) {
+    admission.release();
+    throw err;
+  }
   const tokens = encodings.reduce((n, e) => n + e.ids.length, 0);
-  if (tokens > ctx.config.limits.maxRequestTokens)
+  if (tokens > ctx.config.limits.maxRequestTokens) {
+    admission.release();
     throw tooManyTokens(tokens, ctx.config.limits.maxRequestTokens, "documents");
+  }
+  const opts = { deadline: call.deadline, admission, ...signal };
   if (call.modeWeights) {
-    const raws = await model.run(encodings, { dense: true, sparse: true, colbert: true }, call.deadline);
+    const raws = await model.run(encodings, { dense: true, sparse: true, colbert: true }, opts);
     return { scores: m3Hybrid(model, encodings, raws, call.modeWeights), tokens };
   }
-  const vectors = finalizeEmbeddings(await model.embed(encodings, call.deadline), {
+  const vectors = finalizeEmbeddings(await model.embed(encodings, opts), {
     normalize: true,
     truncateDim: null,
   });
   const query = vectors.row(0);
-  return { scores: d.map((_, i) => dot(query, vectors.row(i + 1))), tokens };
+  return { scores: docs.map((_, i) => dot(query, vectors.row(i + 1))), tokens };
 }
 
 /** Indices best first (ties keep input order), cut to topN. */
@@ -183,7 +182,10 @@ export async function rerank(ctx: ServingContext, call: RerankRequest): Promise<
     );
   }
   if (call.topN !== undefined && call.topN < 1) throw invalid("top_n must be at least 1", "top_n");
-  if (call.maxChunks < 1) throw invalid("max_chunks_per_doc must be at least 1", "max_chunks_per_doc");
+  const maxChunks = ctx.config.limits.maxChunksPerDoc;
+  if (call.maxChunks < 1 || call.maxChunks > maxChunks) {
+    throw invalid(`max_chunks_per_doc must be between 1 and ${maxChunks}`, "max_chunks_per_doc");
+  }
   if (call.modeWeights && !(call.modeWeights.reduce((a, b) => a + b, 0) > 0)) {
     throw invalid("mode_weights must not all be zero", "mode_weights");
   }
@@ -196,14 +198,21 @@ export async function rerank(ctx: ServingContext, call: RerankRequest): Promise<
   if (call.maxTokensPerDoc !== undefined && call.maxTokensPerDoc < 1) {
     throw invalid("max_tokens_per_doc must be at least 1", "max_tokens_per_doc");
   }
-  const docs =
-    call.maxTokensPerDoc === undefined
-      ? call.documents
-      : call.documents.map((d) => capTokens(model, d, call.maxTokensPerDoc as number));
+  if (model.kind === "embedding" && call.llm) {
+    const given = (["cutoffLayers", "compressRatio", "compressLayers"] as const).find(
+      (k) => call.llm?.[k] !== undefined,
+    );
+    if (given) {
+      const param = {
+        cutoffLayers: "cutoff_layers",
+        compressRatio: "compress_ratio",
+        compressLayers: "compress_layers",
+      }[given];
+      throw invalid(`${param} needs an LLM reranker; ${model.id} is an embedding model`, param);
+    }
+  }
   const { scores, tokens } =
-    model.kind === "rerank"
-      ? await withCrossEncoder(ctx, model, call, docs)
-      : await withEmbedder(ctx, model, call, docs);
+    model.kind === "rerank" ? await withCrossEncoder(ctx, model, call) : await withEmbedder(ctx, model, call);
   checkFinite([...scores], "document");
   ctx.metrics.inputs.inc({ model: model.id }, call.documents.length);
   ctx.metrics.tokens.inc({ model: model.id }, tokens);

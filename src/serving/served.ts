@@ -1,13 +1,20 @@
 import type { SchedulerOptions } from "../config.js";
+import {
+  type CompressSettings,
+  type IclExample,
+  iclPrefix,
+  type LLMRerankInfo,
+  pickCutoffLayers,
+} from "../models/decoder-prompts.js";
 import { formatInstruction } from "../models/instruction.js";
-import { encodePair } from "../models/pair.js";
 import { lexicalWeightsOf, type M3Raw, sigmoid, specialIds } from "../models/scoring.js";
 import { Float32Matrix } from "../runtime/matrix.js";
 import type { Encoding, Side, TextTokenizer } from "../runtime/tokenizer.js";
-import { InputTooLongError } from "./errors.js";
-import type { EmbedItem, Executor, InputType, ModelInfo, Want } from "./executor.js";
-import { BatchScheduler, type SchedulerObserver } from "./scheduler.js";
-import { mapYielding } from "./yielding.js";
+import type { EncodeSpec, Instruction } from "./encode-ops.js";
+import { InputTooLongError, invalid } from "./errors.js";
+import type { EmbedItem, Executor, InputType, ModelInfo, ScoreItem, TokenIds, Want } from "./executor.js";
+import { type Admission, BatchScheduler, type SchedulerObserver } from "./scheduler.js";
+import type { Encoded, TokenizerPool } from "./tokenizer-pool.js";
 
 export interface EmbedCall {
   texts: string[];
@@ -19,19 +26,47 @@ export interface EmbedCall {
   truncate: boolean;
   /** Which end to cut. Default: the tokenizer's truncation side. */
   side?: Side;
+  /** Cut each text to this many tokens before the instruction is applied. */
+  maxTokens?: number;
+  /** The task description queries get instead of the model's default one. */
+  instruction?: string;
+  /** ICL models: the in-context examples queries get instead of the default ones (null: none). */
+  examples?: IclExample[] | null;
+  /** Aborted at the request's deadline or when the client goes away. */
+  signal?: AbortSignal;
+}
+
+/** When and how a request's inputs are computed. */
+export interface RunOptions {
   /** Epoch milliseconds after which the request is abandoned. */
-  deadline?: number;
+  deadline: number;
+  signal?: AbortSignal;
+  /** The room reserved for this request at admission. */
+  admission?: Admission;
+}
+
+export interface ServedOptions {
+  pool: TokenizerPool;
+  scheduler?: Partial<SchedulerOptions>;
+  /** Device workers the batches are spread over (for the pipelining bound). */
+  devices?: number;
+  observer?: SchedulerObserver;
 }
 
 /** What the HTTP side needs from a served model of either kind. */
 abstract class ServedBase {
   readonly created = Math.floor(Date.now() / 1000);
   readonly info: ModelInfo;
+  /** For light work on the event loop (vocabulary size, decoding a few ids); tokenizing is the pool's. */
   readonly tokenizer: TextTokenizer;
+  protected readonly pool: TokenizerPool;
+  /** Tokens per character of recent requests, to estimate a request's size before tokenizing it. */
+  private tokensPerChar = 0.3;
 
-  protected constructor(info: ModelInfo, tokenizer: TextTokenizer) {
+  protected constructor(info: ModelInfo, tokenizer: TextTokenizer, pool: TokenizerPool) {
     this.info = info;
     this.tokenizer = tokenizer;
+    this.pool = pool;
   }
 
   get id(): string {
@@ -47,11 +82,48 @@ abstract class ServedBase {
     return this.info.maxLength;
   }
 
+  /** About how many tokens these texts will be, each with `extraChars` more and capped at `cap`. */
+  estimateTokens(texts: readonly string[], extraChars = 0, cap = this.maxInputTokens): number {
+    const specials = this.tokenizer.numSpecialTokens(false);
+    let n = 0;
+    for (const t of texts)
+      n += Math.min(cap, specials + Math.ceil((t.length + extraChars) * this.tokensPerChar));
+    return n;
+  }
+
+  /** Tokenize in the pool, and learn the tokens-per-character rate from the result. */
+  protected async encode(spec: EncodeSpec, texts: string[], signal?: AbortSignal): Promise<Encoded> {
+    const out = await this.pool.encode(this.info.dir, spec, texts, signal);
+    // Truncated inputs would bias the rate low; count only inputs under the window.
+    let tokens = 0;
+    let counted = 0;
+    for (const e of out.encodings) {
+      if (e.ids.length < this.maxInputTokens) {
+        tokens += e.ids.length;
+        counted++;
+      }
+    }
+    if (counted > 0 && out.chars > 0) {
+      const rate = tokens / out.chars;
+      this.tokensPerChar = 0.9 * this.tokensPerChar + 0.1 * Math.min(2, Math.max(0.05, rate));
+    }
+    return out;
+  }
+
+  /** TEI's /tokenize body for these texts, rendered in the pool. */
+  teiTokenize(texts: string[], spec: EncodeSpec, signal?: AbortSignal): Promise<Uint8Array> {
+    return this.pool.teiTokenize(this.info.dir, spec, texts, signal);
+  }
+
   abstract get queued(): number;
   abstract close(): Promise<void>;
 }
 
 const DENSE_ONLY: Want = { dense: true, sparse: false, colbert: false };
+
+function instruction(text: string | null, format: string): Instruction | null {
+  return text === null ? null : { format, text };
+}
 
 /**
  * An embedding model as the server sees it: tokenizer, instructions and limits in the HTTP
@@ -69,19 +141,14 @@ export class ServedEmbedder extends ServedBase {
     info: ModelInfo,
     tokenizer: TextTokenizer,
     executor: Executor,
-    opts: {
-      defaultInputType?: InputType;
-      prompts?: Record<string, string>;
-      scheduler?: Partial<SchedulerOptions>;
-      observer?: SchedulerObserver;
-    },
+    opts: ServedOptions & { defaultInputType?: InputType; prompts?: Record<string, string> },
   ) {
-    super(info, tokenizer);
+    super(info, tokenizer, opts.pool);
     this.defaultInputType = opts.defaultInputType ?? "passage";
     this.prompts = opts.prompts ?? {};
     this.scheduler = new BatchScheduler<EmbedItem, M3Raw>(
-      (items, slot) => executor.embed(info.id, items, slot),
-      { concurrency: executor.slots, ...opts.scheduler },
+      (items, slot, signal) => executor.embed(info.id, items, slot, signal),
+      { ...opts.scheduler, concurrency: executor.slots, devices: opts.devices ?? 1 },
       opts.observer,
     );
   }
@@ -98,38 +165,98 @@ export class ServedEmbedder extends ServedBase {
     return this.scheduler.queued;
   }
 
-  /** A text with the instruction its input type calls for. */
-  withInstruction(text: string, inputType: InputType): string {
+  /** The instruction an input type calls for, if the model has one. */
+  instructionFor(inputType: InputType): Instruction | null {
     const i = this.info;
-    const instruction = inputType === "query" ? i.queryInstruction : i.passageInstruction;
-    if (instruction === null) return text;
-    return formatInstruction(inputType === "query" ? i.queryFormat : i.passageFormat, instruction, text);
+    if (inputType === "query") return instruction(i.queryInstruction, i.queryFormat);
+    // Classification and clustering: the model's task instruction, written like a query's;
+    // models without one (encoders) embed such texts as passages, as their cards say.
+    const task = inputType === "passage" ? undefined : i.taskInstructions?.[inputType];
+    if (task) return instruction(task, i.queryFormat);
+    return instruction(i.passageInstruction, i.passageFormat);
   }
 
   /** The prefix a TEI `prompt_name` stands for: the model's sentence-transformers prompts, then query/passage. */
   promptFor(name: string): string | undefined {
     if (Object.hasOwn(this.prompts, name)) return this.prompts[name];
-    if (name === "query") return this.withInstruction("", "query");
-    if (name === "passage" || name === "document") return this.withInstruction("", "passage");
-    return undefined;
+    const side =
+      name === "query" ? "query" : name === "passage" || name === "document" ? "passage" : undefined;
+    if (!side) return undefined;
+    const ins = this.instructionFor(side);
+    return ins ? formatInstruction(ins.format, ins.text, "") : "";
   }
 
-  /** Tokenize texts (instructions applied), truncating or refusing over-long ones. */
-  tokenize(call: EmbedCall): Promise<Encoding[]> {
-    const limit = this.maxInputTokens;
-    this.scheduler.admit(call.texts.length);
-    return mapYielding(
-      call.texts,
-      (t, i) => {
-        const text = call.prompt !== undefined ? call.prompt + t : this.withInstruction(t, call.inputType);
-        if (!call.truncate) {
-          const n = this.tokenizer.countTokens(text);
-          if (n > limit) throw new InputTooLongError(i, n, limit);
-        }
-        return this.tokenizer.encode(text, limit, true, call.side);
-      },
-      call.deadline,
-    );
+  /**
+   * Refuse at once (429 / 413) when the queue cannot take a request of about `tokens` tokens in
+   * time, else reserve room for it until its inputs are submitted.
+   */
+  admit(inputs: number, tokens: number, deadline: number): Admission {
+    return this.scheduler.admit(inputs, tokens, deadline);
+  }
+
+  /** Tokenize texts (instructions applied) in the pool, truncating or refusing over-long ones. */
+  async tokenize(call: EmbedCall): Promise<TokenIds[]> {
+    const icl = this.iclSpec(call);
+    if (icl) return (await this.encode(icl, call.texts, call.signal)).encodings;
+    const spec: EncodeSpec = {
+      kind: "text",
+      limit: this.maxInputTokens,
+      truncate: call.truncate,
+      offset: 0,
+      ...(call.side ? { side: call.side } : {}),
+      ...(call.maxTokens !== undefined ? { maxTokens: call.maxTokens } : {}),
+      ...(call.prompt !== undefined
+        ? { prefix: call.prompt }
+        : {
+            instruction:
+              call.instruction !== undefined && call.inputType === "query"
+                ? instruction(call.instruction, this.info.queryFormat)
+                : this.instructionFor(call.inputType),
+          }),
+    };
+    return (await this.encode(spec, call.texts, call.signal)).encodings;
+  }
+
+  /** Whether queries of this model carry in-context examples (FlagICLModel). */
+  get icl(): boolean {
+    return Boolean(this.info.decoder?.icl);
+  }
+
+  /**
+   * An ICL model's queries: the examples (the request's, else the model's default ones) and the
+   * instruction become FlagICLModel's prompt; other calls are plain texts.
+   */
+  private iclSpec(call: EmbedCall): EncodeSpec | undefined {
+    const d = this.info.decoder;
+    if (!d?.icl || call.inputType !== "query" || call.prompt !== undefined) return undefined;
+    const text = call.instruction ?? this.info.queryInstruction;
+    const examples = call.examples === undefined ? d.icl.examples : call.examples;
+    return {
+      kind: "icl",
+      maxLength: d.queryMaxLength,
+      hardLimit: d.hardLimit,
+      truncate: call.truncate,
+      instruction: instruction(text, this.info.queryFormat),
+      prefix: iclPrefix(examples, d.icl.examplesFormat, text),
+      suffix: d.icl.suffix,
+      offset: 0,
+    };
+  }
+
+  /** Characters a call adds to each text (instruction, examples), for the size estimate. */
+  extraChars(call: Pick<EmbedCall, "inputType" | "instruction" | "examples" | "prompt">): number {
+    if (call.prompt !== undefined) return call.prompt.length;
+    const ins =
+      call.inputType === "query"
+        ? (call.instruction ?? this.info.queryInstruction)
+        : this.info.passageInstruction;
+    const spec = this.iclSpec({ texts: [], truncate: true, ...call });
+    return (ins?.length ?? 0) + (spec?.kind === "icl" ? spec.prefix.length + spec.suffix.length : 0);
+  }
+
+  /** Tokens one input may become: ICL prompts carry their examples on top of the input's limit. */
+  get maxPromptTokens(): number {
+    return this.icl ? (this.info.decoder?.hardLimit ?? this.maxInputTokens) : this.maxInputTokens;
   }
 
   /** Token ids given by the client (model vocabulary): special tokens added, truncated to the limit. */
@@ -144,8 +271,8 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** Pooled dense vectors (not normalised) for tokenized inputs, through the batching scheduler. */
-  async embed(encodings: Encoding[], deadline: number): Promise<Float32Matrix> {
-    const raws = await this.run(encodings, DENSE_ONLY, deadline);
+  async embed(encodings: TokenIds[], opts: RunOptions): Promise<Float32Matrix> {
+    const raws = await this.run(encodings, DENSE_ONLY, opts);
     return Float32Matrix.fromRows(
       raws.map((r) => r.dense as Float32Array),
       this.dimension,
@@ -153,7 +280,7 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** A BGE-M3 input's lexical weights as a sparse vector: token ids ascending, with their weights. */
-  sparseVector(raw: M3Raw, encoding: Encoding): { indices: number[]; values: number[] } {
+  sparseVector(raw: M3Raw, encoding: TokenIds): { indices: number[]; values: number[] } {
     this.unused ??= specialIds(this.tokenizer);
     const weights = lexicalWeightsOf(raw.tokenWeights as Float32Array, encoding.ids, this.unused);
     const indices = Object.keys(weights)
@@ -172,10 +299,10 @@ export class ServedEmbedder extends ServedBase {
   }
 
   /** All heads a request asks for (BGE-M3), raw, in input order. */
-  run(encodings: Encoding[], want: Want, deadline: number): Promise<M3Raw[]> {
+  run(encodings: TokenIds[], want: Want, opts: RunOptions): Promise<M3Raw[]> {
     return this.scheduler.submit(
-      encodings.map((e) => ({ ...e, want })),
-      deadline - Date.now(),
+      encodings.map((e) => ({ ids: e.ids, typeIds: e.typeIds, want })),
+      opts,
     );
   }
 
@@ -184,62 +311,242 @@ export class ServedEmbedder extends ServedBase {
   }
 }
 
-/** A cross-encoder as the server sees it: pair encoding in the HTTP process, scores through a scheduler. */
+export interface PairCall {
+  query: string;
+  documents: string[];
+  truncate: boolean;
+  maxChunks: number;
+  maxTokensPerDoc?: number;
+  signal?: AbortSignal;
+}
+
+/** An LLM reranker request's extension options, as the request gave them. */
+export interface LLMRerankOptions {
+  cutoffLayers?: number[] | undefined;
+  compressRatio?: number | undefined;
+  compressLayers?: number[] | undefined;
+}
+
+/** What a rerank request asks of an LLM reranker: the (layer, head) score and the compression. */
+export interface LLMRerankPlan {
+  layer: number;
+  head: number;
+  compress: CompressSettings | undefined;
+  /** Requests batch together only with the same key (the graph takes one compression per batch). */
+  key: string;
+}
+
+/** Batching schedulers kept for compression settings other than the default one. */
+const MAX_OPTION_SCHEDULERS = 8;
+
+/**
+ * A reranker as the server sees it: pair encoding in the tokenizer pool, scores through a
+ * scheduler. LLM rerankers build FlagEmbedding's pair prompt, and each row says which (layer,
+ * head) score it wants; the lightweight model's compression is one input per batch, so requests
+ * with other compression settings are batched by a scheduler of their own.
+ */
 export class ServedReranker extends ServedBase {
   readonly kind = "rerank" as const;
-  private readonly scheduler: BatchScheduler<Encoding, number>;
+  private readonly schedulers = new Map<string, BatchScheduler<ScoreItem, number>>();
+  /** Schedulers dropped while busy: close() waits for them. */
+  private readonly retiring = new Set<Promise<void>>();
+  private readonly defaultPlan: LLMRerankPlan | undefined;
+  private readonly makeScheduler: (
+    compress: CompressSettings | undefined,
+  ) => BatchScheduler<ScoreItem, number>;
 
-  constructor(
-    info: ModelInfo,
-    tokenizer: TextTokenizer,
-    executor: Executor,
-    opts: { scheduler?: Partial<SchedulerOptions>; observer?: SchedulerObserver },
-  ) {
-    super(info, tokenizer);
-    this.scheduler = new BatchScheduler<Encoding, number>(
-      async (items, slot) => Array.from(await executor.score(info.id, items, slot)),
-      { concurrency: executor.slots, ...opts.scheduler },
-      opts.observer,
-    );
+  constructor(info: ModelInfo, tokenizer: TextTokenizer, executor: Executor, opts: ServedOptions) {
+    super(info, tokenizer, opts.pool);
+    this.makeScheduler = (compress) =>
+      new BatchScheduler<ScoreItem, number>(
+        async (items, slot, signal) =>
+          Array.from(await executor.score(info.id, items, slot, signal, compress ? { compress } : undefined)),
+        { ...opts.scheduler, concurrency: executor.slots, devices: opts.devices ?? 1 },
+        opts.observer,
+      );
+    this.defaultPlan = info.llm ? this.llmPlan({}) : undefined;
+    this.schedulers.set(this.defaultPlan?.key ?? "", this.makeScheduler(this.defaultPlan?.compress));
   }
 
   get queued(): number {
-    return this.scheduler.queued;
+    let n = 0;
+    for (const s of this.schedulers.values()) n += s.queued;
+    return n;
   }
 
-  withQueryInstruction(query: string): string {
+  /** The scheduler of a plan's compression settings (made on first use, the idle ones retired). */
+  private schedulerFor(plan: LLMRerankPlan | undefined): BatchScheduler<ScoreItem, number> {
+    const key = plan?.key ?? this.defaultPlan?.key ?? "";
+    let s = this.schedulers.get(key);
+    if (s) return s;
+    if (this.schedulers.size > MAX_OPTION_SCHEDULERS) {
+      const keep = this.defaultPlan?.key ?? "";
+      for (const [k, old] of this.schedulers) {
+        if (k === keep || old.queued > 0) continue;
+        this.schedulers.delete(k);
+        const closing = old.close();
+        this.retiring.add(closing);
+        void closing.finally(() => this.retiring.delete(closing));
+      }
+    }
+    s = this.makeScheduler(plan?.compress);
+    this.schedulers.set(key, s);
+    return s;
+  }
+
+  /**
+   * Check a request's cutoff_layers / compress_ratio / compress_layers against what this model
+   * (and its exported graph) can serve, and resolve them; a 400 names what it supports.
+   */
+  llmPlan(req: LLMRerankOptions): LLMRerankPlan | undefined {
+    const llm = this.info.llm;
+    const cls = this.info.modelClass ?? "encoder-only-base";
+    const needs = (param: string, what: string, classes: string) =>
+      invalid(`${param} needs ${what} (${classes}); ${this.id} is ${cls}`, param);
+    if (req.cutoffLayers !== undefined && !llm?.cutoffLayers)
+      throw needs(
+        "cutoff_layers",
+        "a layerwise or lightweight LLM reranker",
+        "decoder-only-layerwise, decoder-only-lightweight",
+      );
+    if (req.compressRatio !== undefined && !llm?.compressRatio)
+      throw needs("compress_ratio", "a lightweight LLM reranker", "decoder-only-lightweight");
+    if (req.compressLayers !== undefined && !llm?.compressLayers)
+      throw needs("compress_layers", "a lightweight LLM reranker", "decoder-only-lightweight");
+    if (!llm) return undefined;
+    let layer = 0;
+    let head = 0;
+    const c = llm.cutoffLayers;
+    if (c) {
+      let picked = pickCutoffLayers(req.cutoffLayers ?? c.default, c);
+      // An export cut at --max-layer cannot serve the class default (the last layer): its deepest one does.
+      if ("error" in picked && req.cutoffLayers === undefined)
+        picked = pickCutoffLayers(c.available.slice(-1), c);
+      if ("error" in picked) {
+        throw invalid(
+          `${picked.error}; ${this.id} serves cutoff layers ${c.available.join(", ")}`,
+          "cutoff_layers",
+        );
+      }
+      if (req.cutoffLayers !== undefined && picked.picks.length !== 1) {
+        throw invalid("cutoff_layers: a ranking scores with one layer; give one", "cutoff_layers");
+      }
+      // The model's own default may collect several layers: rank by the deepest.
+      const pick = picked.picks[picked.picks.length - 1] as { layer: number; head: number };
+      layer = pick.layer;
+      head = pick.head;
+    }
+    const compress = this.compressFor(llm, req);
+    return {
+      layer,
+      head,
+      compress,
+      key: compress ? `${compress.ratio}:${compress.layers.join(",")}` : "none",
+    };
+  }
+
+  private compressFor(llm: LLMRerankInfo, req: LLMRerankOptions): CompressSettings | undefined {
+    const r = llm.compressRatio;
+    const l = llm.compressLayers;
+    if (!r || !l) return undefined;
+    const ratio = req.compressRatio ?? r.default;
+    if (!r.anyInteger && !r.available.includes(ratio)) {
+      throw invalid(
+        `compress_ratio must be one of ${r.available.join(", ")} for ${this.id}`,
+        "compress_ratio",
+      );
+    }
+    const asked = req.compressLayers ?? l.default;
+    const bad = req.compressLayers?.filter((i) => !l.available.includes(i)) ?? [];
+    if (bad.length > 0) {
+      throw invalid(
+        `compress_layers ${bad.join(", ")} cannot be compressed; ${this.id} compresses before layers ${l.available.join(", ")}`,
+        "compress_layers",
+      );
+    }
+    const layers = [...new Set(asked.filter((i) => l.available.includes(i)))].sort((a, b) => a - b);
+    // Ratio 1 or no layer: the rows go through uncompressed, whatever the request said.
+    return ratio === 1 || layers.length === 0 ? undefined : { ratio, layers };
+  }
+
+  /** See ServedEmbedder.admit; a pair is about its query and its document. */
+  admit(inputs: number, tokens: number, deadline: number, plan?: LLMRerankPlan): Admission {
+    return this.schedulerFor(plan).admit(inputs, tokens, deadline);
+  }
+
+  /** FlagEmbedding's pair encoding with the model's instructions and limits (or windows of long documents). */
+  async encodePairs(call: PairCall): Promise<Encoded> {
     const i = this.info;
-    return i.queryInstruction === null ? query : formatInstruction(i.queryFormat, i.queryInstruction, query);
+    if (i.llm) {
+      return this.encode(
+        {
+          kind: "llm-pair",
+          query: call.query,
+          queryInstruction: instruction(i.queryInstruction, i.queryFormat),
+          passageInstruction: instruction(i.passageInstruction, i.passageFormat),
+          separator: i.llm.separator,
+          prompt: i.llm.prompt,
+          bosTokenId: i.llm.bosTokenId,
+          maxLength: i.maxLength,
+          queryMaxLength: i.llm.queryMaxLength ?? Math.floor((i.maxLength * 3) / 4),
+          truncate: call.truncate,
+          maxChunks: call.maxChunks,
+          ...(call.maxTokensPerDoc !== undefined ? { maxTokensPerDoc: call.maxTokensPerDoc } : {}),
+          offset: 0,
+        },
+        call.documents,
+        call.signal,
+      );
+    }
+    return this.encode(
+      {
+        kind: "pair",
+        limit: this.maxInputTokens,
+        truncate: call.truncate,
+        query: call.query,
+        queryInstruction: instruction(i.queryInstruction, i.queryFormat),
+        passageInstruction: instruction(i.passageInstruction, i.passageFormat),
+        maxChunks: call.maxChunks,
+        ...(call.maxTokensPerDoc !== undefined ? { maxTokensPerDoc: call.maxTokensPerDoc } : {}),
+        offset: 0,
+      },
+      call.documents,
+      call.signal,
+    );
   }
 
-  withPassageInstruction(passage: string): string {
-    const i = this.info;
-    return i.passageInstruction === null
-      ? passage
-      : formatInstruction(i.passageFormat, i.passageInstruction, passage);
-  }
-
-  /** FlagEmbedding's pair encoding with the model's instructions and limits. */
-  encodePair(query: string, passage: string): Encoding {
-    const max = this.maxInputTokens;
-    const q = this.withQueryInstruction(query);
-    const p = this.withPassageInstruction(passage);
-    return encodePair(this.tokenizer, q, p, Math.floor((max * 3) / 4), max, max);
-  }
-
-  /** Refuse at once (429) when the queue cannot take `count` more pairs. */
-  admit(count: number): void {
-    this.scheduler.admit(count);
-  }
-
-  /** Scores of encoded pairs: raw logits, or sigmoid-normalised. */
-  async score(pairs: Encoding[], normalize: boolean, deadline: number): Promise<number[]> {
-    const logits = await this.scheduler.submit(pairs, deadline - Date.now());
+  /**
+   * Scores of encoded pairs: raw logits, or sigmoid-normalised. LLM reranker rows need the plan
+   * and the part lengths encodePairs gave (`extras`, two per row).
+   */
+  async score(
+    pairs: TokenIds[],
+    normalize: boolean,
+    opts: RunOptions,
+    llm?: { plan: LLMRerankPlan; extras: number[] | undefined },
+  ): Promise<number[]> {
+    const plan = llm?.plan;
+    const extras = llm?.extras;
+    const items: ScoreItem[] =
+      plan && extras
+        ? pairs.map((p, k) => ({
+            ids: p.ids,
+            typeIds: p.typeIds,
+            llm: {
+              queryLength: extras[2 * k] as number,
+              promptLength: extras[2 * k + 1] as number,
+              layer: plan.layer,
+              head: plan.head,
+            },
+          }))
+        : pairs;
+    const logits = await this.schedulerFor(plan).submit(items, opts);
     return normalize ? logits.map(sigmoid) : logits;
   }
 
   async close(): Promise<void> {
-    await this.scheduler.close();
+    await Promise.all([...this.schedulers.values()].map((s) => s.close()));
+    await Promise.all([...this.retiring]);
   }
 }
 

@@ -3,7 +3,6 @@ import { requireEmbedder } from "./embed.js";
 import { invalid } from "./errors.js";
 import { checkVocabIds } from "./inputs.js";
 import type { ServedEmbedder } from "./served.js";
-import { mapYielding } from "./yielding.js";
 
 /** The text a TEI `prompt_name` prepends; an unknown name is a 400 that lists the known ones. */
 export function promptPrefix(model: ServedEmbedder, promptName: string | null | undefined): string {
@@ -16,24 +15,20 @@ export function promptPrefix(model: ServedEmbedder, promptName: string | null | 
   return found;
 }
 
-export interface Token {
-  id: number;
-  text: string;
-  special: boolean;
-  start: number | null;
-  stop: number | null;
-}
-
 export interface TokenizeRequest {
   model: string | undefined;
   inputs: string | string[];
   addSpecialTokens: boolean;
   promptName: string | null | undefined;
-  deadline: number;
+  /** Aborted at the deadline or when the client goes away (the thread working on it is stopped). */
+  signal?: AbortSignal;
 }
 
-/** Token ids and their pieces, as TEI's /tokenize answers (character offsets are not tracked). */
-export async function tokenize(ctx: ServingContext, req: TokenizeRequest): Promise<Token[][]> {
+/**
+ * TEI's /tokenize body, `[[{id, text, special, start, stop}, ...], ...]` (character offsets are
+ * not tracked), rendered in a tokenizer thread.
+ */
+export async function tokenize(ctx: ServingContext, req: TokenizeRequest): Promise<Buffer> {
   const model = requireEmbedder(ctx, req.model);
   const texts = typeof req.inputs === "string" ? [req.inputs] : req.inputs;
   if (texts.length === 0) throw invalid("inputs must not be empty", "inputs", "empty");
@@ -44,23 +39,12 @@ export async function tokenize(ctx: ServingContext, req: TokenizeRequest): Promi
     );
   }
   const prefix = promptPrefix(model, req.promptName);
-  const tok = model.tokenizer;
-  return mapYielding(
+  const bytes = await model.teiTokenize(
     texts,
-    (t) => {
-      const ids = req.addSpecialTokens
-        ? tok.encode(prefix + t, undefined).ids
-        : tok.encodeWithoutSpecials(prefix + t);
-      return ids.map((id) => ({
-        id,
-        text: tok.idToToken(id) ?? "",
-        special: tok.specialIds.has(id),
-        start: null,
-        stop: null,
-      }));
-    },
-    req.deadline,
+    { kind: "tei-tokenize", prefix, addSpecialTokens: req.addSpecialTokens },
+    req.signal,
   );
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
 }
 
 /** Texts of token id sequences of the model's vocabulary. */

@@ -5,10 +5,9 @@ import { DEFAULT_CONFIG } from "../config.js";
 import type { M3Raw } from "../models/scoring.js";
 import { parseDevice } from "../runtime/device.js";
 import { FlagserveError } from "../runtime/errors.js";
-import type { Encoding } from "../runtime/tokenizer.js";
-import type { EmbedItem, Executor, ModelInfo, ModelSpec } from "./executor.js";
-import { DeadlineError } from "./scheduler.js";
+import type { EmbedItem, Executor, ModelInfo, ModelSpec, ScoreBatchOptions, ScoreItem } from "./executor.js";
 import { type FromWorker, packBatch, type ToWorker, unpackRaws } from "./protocol.js";
+import { CancelledError, DeadlineError } from "./scheduler.js";
 
 /** No device worker could run a batch (all down, or it crashed twice): answer 503, retry later. */
 export class WorkerUnavailableError extends Error {
@@ -158,6 +157,11 @@ export class WorkerPoolExecutor implements Executor {
     return this.workers.length * this.options.inflightPerWorker;
   }
 
+  /** Device worker processes (one per device). */
+  get deviceCount(): number {
+    return this.workers.length;
+  }
+
   status(): WorkerStatus[] {
     return this.workers.map((w) => w.status());
   }
@@ -194,6 +198,8 @@ export class WorkerPoolExecutor implements Executor {
         devices: w.slot.device,
         // Idle ONNX Runtime threads must not spin on cores the HTTP process needs.
         spinning: s.options.spinning ?? false,
+        // Memory of a spike of long inputs goes back to the system instead of staying in the arena.
+        cpuMemArena: s.options.cpuMemArena ?? false,
         ...(w.slot.threads !== undefined && s.options.intraOpThreads === undefined
           ? { intraOpThreads: w.slot.threads }
           : {}),
@@ -308,7 +314,11 @@ export class WorkerPoolExecutor implements Executor {
       // (which it would stall too). Its worker is stuck in it, so it is restarted.
       w.inflight.delete(p.msg.id);
       const seconds = Math.round(this.options.batchTimeoutMs / 100) / 10;
-      p.reject(new DeadlineError(`a batch ran longer than ${seconds} s on ${w.slot.device}; its worker was restarted`));
+      p.reject(
+        new DeadlineError(
+          `a batch ran longer than ${seconds} s on ${w.slot.device}; its worker was restarted`,
+        ),
+      );
       this.options.onEvent?.("batch timed out: restarting its worker", { device: w.slot.device });
       w.proc?.kill("SIGKILL");
     }, this.options.batchTimeoutMs);
@@ -325,22 +335,48 @@ export class WorkerPoolExecutor implements Executor {
     return best;
   }
 
-  private request(msg: ToWorker & { id: number }): Promise<FromWorker> {
+  private request(msg: ToWorker & { id: number }, signal?: AbortSignal): Promise<FromWorker> {
     if (this.closing) return Promise.reject(new WorkerUnavailableError("the server is shutting down"));
     return new Promise((resolve, reject) => {
       const p: Pending = { msg, retried: false, timer: undefined, resolve, reject };
+      // Nobody waits for this batch any more: if it has not started, its worker skips it.
+      signal?.addEventListener(
+        "abort",
+        () => {
+          for (const w of this.workers) {
+            if (w.inflight.get(msg.id) !== p) continue;
+            w.inflight.delete(msg.id);
+            if (p.timer) clearTimeout(p.timer);
+            if (w.proc) sendTo(w.proc, { type: "cancel", id: msg.id });
+          }
+          reject(new CancelledError("every request of this batch was abandoned"));
+        },
+        { once: true },
+      );
       this.dispatch(p).catch(reject);
     });
   }
 
-  async embed(model: string, items: EmbedItem[], _slot: number): Promise<M3Raw[]> {
-    const reply = await this.request({ type: "embed", id: this.nextId++, model, batch: packBatch(items) });
+  async embed(model: string, items: EmbedItem[], _slot: number, signal?: AbortSignal): Promise<M3Raw[]> {
+    const reply = await this.request(
+      { type: "embed", id: this.nextId++, model, batch: packBatch(items) },
+      signal,
+    );
     if (reply.type !== "embedded") throw new Error(`unexpected reply ${reply.type}`);
     return unpackRaws(reply.raws, items.length);
   }
 
-  async score(model: string, items: Encoding[], _slot: number): Promise<Float32Array> {
-    const reply = await this.request({ type: "score", id: this.nextId++, model, batch: packBatch(items) });
+  async score(
+    model: string,
+    items: ScoreItem[],
+    _slot: number,
+    signal?: AbortSignal,
+    options?: ScoreBatchOptions,
+  ): Promise<Float32Array> {
+    const reply = await this.request(
+      { type: "score", id: this.nextId++, model, batch: packBatch(items), ...(options ? { options } : {}) },
+      signal,
+    );
     if (reply.type !== "scored") throw new Error(`unexpected reply ${reply.type}`);
     return reply.scores;
   }

@@ -4,7 +4,7 @@ import type { FileRecord, JobRecord } from "../../jobs/types.js";
 import type { App, AppContext } from "../context.js";
 import { ApiError, badRequest } from "../errors.js";
 import { withJobs } from "../jobs-access.js";
-import { openaiErrors } from "../schemas.js";
+import { errorResponses, mediaResponse, StringEnum } from "../schemas.js";
 
 /**
  * The OpenAI Files and Batch APIs for /v1/embeddings, so the official clients' files.create +
@@ -17,8 +17,18 @@ const FileObject = T.Object({
   created_at: T.Integer(),
   filename: T.String(),
   purpose: T.String(),
-  status: T.String(),
+  status: StringEnum(["processed"]),
   status_details: T.Null(),
+});
+
+/** The upload's form fields (documentation: the handler reads the parts as they stream in). */
+const FileUpload = T.Object({
+  file: T.String({
+    format: "binary",
+    minLength: 1,
+    description: 'JSONL: one string or {"text": ...} per line, or Batch API request lines; not empty',
+  }),
+  purpose: T.Optional(T.String({ description: "Kept with the file; default batch" })),
 });
 
 const BatchObject = T.Object(
@@ -35,7 +45,7 @@ const BatchObject = T.Object(
     ]),
     input_file_id: T.String(),
     completion_window: T.String(),
-    status: T.String(),
+    status: StringEnum(["validating", "in_progress", "completed", "failed", "cancelled"]),
     output_file_id: T.Union([T.String(), T.Null()]),
     error_file_id: T.Union([T.String(), T.Null()]),
     created_at: T.Integer(),
@@ -66,7 +76,7 @@ function fileObject(f: FileRecord): Static<typeof FileObject> {
   };
 }
 
-const STATUS: Record<JobRecord["status"], string> = {
+const STATUS: Record<JobRecord["status"], Static<typeof BatchObject>["status"]> = {
   preparing: "validating",
   queued: "in_progress",
   running: "in_progress",
@@ -109,6 +119,29 @@ function batchObject(j: JobRecord): Static<typeof BatchObject> {
 
 const IdParam = T.Object({ id: T.String() });
 
+const tooLarge = () =>
+  new ApiError(413, "the file is larger than the server accepts", { code: "file_too_large", param: "file" });
+
+/**
+ * A multipart body the parser cannot read (no boundary, cut short, bad part headers) is the
+ * client's fault: a 400, not a 500. A multipart limit keeps its 4xx status.
+ */
+function malformed(err: Error): Error {
+  const status = (err as { statusCode?: number }).statusCode;
+  if (status === 413) return tooLarge();
+  if (err instanceof ApiError || (status !== undefined && status >= 400 && status < 500)) return err;
+  return badRequest(`the multipart/form-data body is malformed: ${err.message}`, "file", "invalid_multipart");
+}
+
+/** The upload's bytes; the stream's own errors (the body, not the store) become 4xx errors. */
+async function* readUpload(stream: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+  try {
+    for await (const chunk of stream) yield chunk;
+  } catch (err) {
+    throw malformed(err as Error);
+  }
+}
+
 export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
   const openai = { dialect: "openai" as const };
 
@@ -119,7 +152,8 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Upload a file (multipart: file, purpose), e.g. a Batch API input JSONL",
         tags: ["Batch"],
         consumes: ["multipart/form-data"],
-        response: { 200: FileObject, ...openaiErrors },
+        multipartBody: FileUpload,
+        response: { 200: FileObject },
       },
       config: openai,
     },
@@ -128,29 +162,45 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         throw badRequest("upload the file as multipart/form-data with fields file and purpose", "file");
       let purpose = "batch";
       let stored: FileRecord | undefined;
+      /** File parts under another name than "file" (read and dropped, so the body is consumed). */
+      const otherFiles: string[] = [];
       await withJobs(ctx, async (engine) => {
-        for await (const part of request.parts()) {
-          if (part.type === "field" && part.fieldname === "purpose") purpose = String(part.value);
-          else if (part.type === "file" && part.fieldname === "file") {
+        const parts = request.parts()[Symbol.asyncIterator]();
+        for (;;) {
+          const next = await parts.next().catch((err: Error) => {
+            throw malformed(err);
+          });
+          if (next.done) break;
+          const part = next.value;
+          if (part.type === "field") {
+            if (part.fieldname === "purpose") purpose = String(part.value);
+          } else if (part.fieldname !== "file" || stored) {
+            otherFiles.push(part.fieldname);
+            part.file.resume();
+          } else {
             stored = await engine.files.put(
               request.owner,
               part.filename || "upload.jsonl",
               purpose,
-              part.file,
+              readUpload(part.file),
             );
             if (part.file.truncated) {
               // The stream stopped at the size limit: what was stored is not the whole file.
               await engine.files.delete(request.owner, stored.id);
-              throw new ApiError(413, "the file is larger than the server accepts", {
-                code: "file_too_large",
-                param: "file",
-              });
+              throw tooLarge();
+            }
+            if (stored.bytes === 0) {
+              await engine.files.delete(request.owner, stored.id);
+              throw badRequest("the file is empty", "file", "empty_file");
             }
           }
         }
         if (stored && stored.purpose !== purpose) stored = await engine.files.setPurpose(stored, purpose);
       });
-      if (!stored) throw badRequest('missing required field "file"', "file");
+      if (!stored) {
+        const hint = otherFiles.length ? ` (a file came as "${otherFiles[0]}")` : "";
+        throw badRequest(`missing required field "file"${hint}`, "file");
+      }
       return fileObject(stored);
     },
   );
@@ -163,7 +213,6 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         tags: ["Batch"],
         response: {
           200: T.Object({ object: T.Literal("list"), data: T.Array(FileObject), has_more: T.Boolean() }),
-          ...openaiErrors,
         },
       },
       config: openai,
@@ -183,7 +232,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "A file's metadata",
         tags: ["Batch"],
         params: IdParam,
-        response: { 200: FileObject, ...openaiErrors },
+        response: { 200: FileObject, ...errorResponses("openai", [404]) },
       },
       config: openai,
     },
@@ -198,7 +247,10 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "A file's content (batch output and error files included)",
         tags: ["Batch"],
         params: IdParam,
-        response: openaiErrors,
+        response: {
+          200: mediaResponse("The file's lines", { "application/jsonl": T.String() }),
+          ...errorResponses("openai", [404]),
+        },
       },
       config: openai,
     },
@@ -219,7 +271,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         params: IdParam,
         response: {
           200: T.Object({ id: T.String(), object: T.Literal("file"), deleted: T.Boolean() }),
-          ...openaiErrors,
+          ...errorResponses("openai", [404]),
         },
       },
       config: openai,
@@ -239,14 +291,14 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         tags: ["Batch"],
         body: T.Object(
           {
-            input_file_id: T.String(),
-            endpoint: T.String(),
-            completion_window: T.String(),
+            input_file_id: T.String({ description: "A file uploaded with POST /v1/files (a 400 if none)" }),
+            endpoint: StringEnum(["/v1/embeddings"]),
+            completion_window: StringEnum(["24h"]),
             metadata: T.Optional(T.Union([T.Record(T.String(), T.String()), T.Null()])),
           },
           { additionalProperties: true },
         ),
-        response: { 200: BatchObject, ...openaiErrors },
+        response: { 200: BatchObject },
       },
       config: openai,
     },
@@ -291,7 +343,6 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
             last_id: T.Union([T.String(), T.Null()]),
             has_more: T.Boolean(),
           }),
-          ...openaiErrors,
         },
       },
       config: openai,
@@ -316,7 +367,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "A batch",
         tags: ["Batch"],
         params: IdParam,
-        response: { 200: BatchObject, ...openaiErrors },
+        response: { 200: BatchObject, ...errorResponses("openai", [404]) },
       },
       config: openai,
     },
@@ -336,7 +387,7 @@ export async function batchRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Cancel a batch",
         tags: ["Batch"],
         params: IdParam,
-        response: { 200: BatchObject, ...openaiErrors },
+        response: { 200: BatchObject, ...errorResponses("openai", [404]) },
       },
       config: openai,
     },

@@ -2,22 +2,24 @@ import { Readable } from "node:stream";
 import { type Static, Type as T } from "@sinclair/typebox";
 import type { JobEngine } from "../../jobs/engine.js";
 import type { JobSystem } from "../../jobs/system.js";
-import type { JobRecord } from "../../jobs/types.js";
+import { JobNotFoundError, type JobRecord } from "../../jobs/types.js";
+import { INPUT_TYPES } from "../../serving/embed.js";
+import type { InputType as Side } from "../../serving/executor.js";
 import { checkDimensions } from "../../serving/inputs.js";
 import type { App, AppContext } from "../context.js";
 import { ApiError, badRequest } from "../errors.js";
 import { withJobs } from "../jobs-access.js";
-import { openaiErrors } from "../schemas.js";
+import { errorResponses, InputType, mediaResponse, StringEnum } from "../schemas.js";
 
 const JobView = T.Object({
   id: T.String(),
   object: T.Literal("job"),
   model: T.String(),
-  status: T.String({ description: "preparing, queued, running, completed, failed or cancelled" }),
+  status: StringEnum(["preparing", "queued", "running", "completed", "failed", "cancelled"]),
   inputs: T.Object({ total: T.Integer(), done: T.Integer() }),
   chunks: T.Object({ total: T.Integer(), done: T.Integer() }),
   tokens: T.Integer(),
-  input_type: T.String(),
+  input_type: StringEnum(["query", "passage", "classification", "clustering"]),
   dimensions: T.Union([T.Integer(), T.Null()]),
   created_at: T.Integer(),
   started_at: T.Union([T.Integer(), T.Null()]),
@@ -56,10 +58,16 @@ const CreateJob = T.Object(
         description: 'An uploaded JSONL file (POST /v1/files): one string or {"text": ...} per line',
       }),
     ),
-    input_type: T.Optional(T.Union([T.Literal("query"), T.Literal("passage"), T.Literal("document")])),
-    dimensions: T.Optional(T.Integer()),
+    input_type: T.Optional(InputType),
+    dimensions: T.Optional(
+      T.Integer({
+        minimum: 1,
+        description: "Keep the first N dimensions, re-normalised; at most the model's size",
+      }),
+    ),
   },
-  { additionalProperties: true },
+  // Exactly one source of inputs.
+  { additionalProperties: true, oneOf: [{ required: ["input"] }, { required: ["input_file_id"] }] },
 );
 
 /** Texts of an uploaded JSONL input file: a JSON string, or an object with a text field, per line. */
@@ -87,6 +95,23 @@ async function* fileTexts(engine: JobEngine, owner: string, fileId: string): Asy
 
 const IdParam = T.Object({ id: T.String() });
 
+/** A body naming a file that does not exist is a bad request (as POST /v1/batches answers it). */
+async function inputFile(engine: JobEngine, owner: string, id: string): Promise<void> {
+  try {
+    await engine.files.get(owner, id);
+  } catch (err) {
+    if (!(err instanceof JobNotFoundError)) throw err;
+    throw badRequest(`input_file_id ${id} does not exist`, "input_file_id", "file_not_found");
+  }
+}
+
+/** A native job of this owner: batches are the Batch API's (/v1/batches), as GET /v1/jobs lists. */
+async function embedJob(engine: JobEngine, owner: string, id: string): Promise<JobRecord> {
+  const job = await engine.get(owner, id);
+  if (job.kind !== "embed") throw new JobNotFoundError(`job ${id} not found`);
+  return job;
+}
+
 export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
   const openai = { dialect: "openai" as const };
 
@@ -97,7 +122,7 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Create a bulk embedding job",
         tags: ["Jobs"],
         body: CreateJob,
-        response: { 202: JobView, ...openaiErrors },
+        response: { 202: JobView, ...errorResponses("openai", [404]) },
       },
       config: openai,
     },
@@ -117,10 +142,10 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         );
       }
       const job = await withJobs(ctx, async (engine) => {
-        if (b.input_file_id) await engine.files.get(request.owner, b.input_file_id);
+        if (b.input_file_id) await inputFile(engine, request.owner, b.input_file_id);
         return engine.createEmbedJob(request.owner, {
           model: model.id,
-          inputType: b.input_type === "query" ? "query" : "passage",
+          inputType: INPUT_TYPES[b.input_type ?? "passage"] as Side,
           dimensions: b.dimensions ?? null,
           texts: b.input ?? fileTexts(engine, request.owner, b.input_file_id as string),
         });
@@ -135,7 +160,7 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
       schema: {
         summary: "List the caller's jobs",
         tags: ["Jobs"],
-        response: { 200: T.Object({ object: T.Literal("list"), data: T.Array(JobView) }), ...openaiErrors },
+        response: { 200: T.Object({ object: T.Literal("list"), data: T.Array(JobView) }) },
       },
       config: openai,
     },
@@ -153,27 +178,54 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "A job's status and progress",
         tags: ["Jobs"],
         params: IdParam,
-        response: { 200: JobView, ...openaiErrors },
+        response: { 200: JobView, ...errorResponses("openai", [404]) },
       },
       config: openai,
     },
     async (request) =>
-      withJobs(ctx, async (engine) => jobView(await engine.get(request.owner, request.params.id))),
+      withJobs(ctx, async (engine) => jobView(await embedJob(engine, request.owner, request.params.id))),
   );
 
+  app.post(
+    "/v1/jobs/:id/cancel",
+    {
+      schema: {
+        summary: "Cancel a job: its remaining chunks are dropped; the job and what it computed stay",
+        tags: ["Jobs"],
+        params: IdParam,
+        response: { 200: JobView, ...errorResponses("openai", [404]) },
+      },
+      config: openai,
+    },
+    async (request) =>
+      withJobs(ctx, async (engine) => {
+        await embedJob(engine, request.owner, request.params.id);
+        return jobView(await engine.cancel(request.owner, request.params.id));
+      }),
+  );
+
+  // DELETE removes the job (a later GET is a 404), as DELETE /v1/files does a file; cancelling
+  // without deleting is POST .../cancel, as the Batch API does it.
   app.delete(
     "/v1/jobs/:id",
     {
       schema: {
-        summary: "Cancel a job",
+        summary: "Delete a job with its inputs and results (an unfinished job is cancelled first)",
         tags: ["Jobs"],
         params: IdParam,
-        response: { 200: JobView, ...openaiErrors },
+        response: {
+          200: T.Object({ id: T.String(), object: T.Literal("job"), deleted: T.Literal(true) }),
+          ...errorResponses("openai", [404]),
+        },
       },
       config: openai,
     },
     async (request) =>
-      withJobs(ctx, async (engine) => jobView(await engine.cancel(request.owner, request.params.id))),
+      withJobs(ctx, async (engine) => {
+        await embedJob(engine, request.owner, request.params.id);
+        await engine.delete(request.owner, request.params.id);
+        return { id: request.params.id, object: "job" as const, deleted: true as const };
+      }),
   );
 
   app.get(
@@ -184,28 +236,42 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
         tags: ["Jobs"],
         params: IdParam,
         querystring: T.Object({
-          format: T.Optional(T.Union([T.Literal("jsonl"), T.Literal("npy")])),
-          dtype: T.Optional(T.Union([T.Literal("float32"), T.Literal("float16")])),
+          format: T.Optional(StringEnum(["jsonl", "npy"], { description: "Default jsonl" })),
+          dtype: T.Optional(
+            StringEnum(["float32", "float16", "int8", "uint8", "binary", "ubinary"], {
+              description:
+                "Default float32. float16: npy only. int8 / uint8 / binary / ubinary: quantized as /v1/embeddings' embedding_type (packed bits: ceil(dims / 8) bytes per vector)",
+            }),
+          ),
         }),
-        ...{ response: openaiErrors },
+        response: {
+          200: mediaResponse("The embeddings in input order", {
+            "application/x-ndjson": T.String({ description: 'One {"index", "embedding"} object per line' }),
+            "application/octet-stream": T.String({ format: "binary", description: "A NumPy .npy matrix" }),
+          }),
+          ...errorResponses("openai", [404, 409]),
+        },
       },
       config: openai,
     },
     async (request, reply) => {
-      const job = await withJobs(ctx, (engine) => engine.get(request.owner, request.params.id));
+      const job = await withJobs(ctx, (engine) => embedJob(engine, request.owner, request.params.id));
       if (job.status !== "completed") {
         throw new ApiError(409, `job ${job.id} is ${job.status}; results exist once it is completed`, {
           code: "job_not_completed",
         });
       }
       const engine = (ctx.jobs as JobSystem).engine;
+      const dtype = request.query.dtype ?? "float32";
       if (request.query.format === "npy") {
         return reply
           .type("application/octet-stream")
           .header("content-disposition", `attachment; filename="${job.id}.npy"`)
-          .send(Readable.from(engine.results.npy(job, request.query.dtype ?? "float32")));
+          .send(Readable.from(engine.results.npy(job, dtype)));
       }
-      return reply.type("application/x-ndjson").send(Readable.from(engine.results.jsonl(job)));
+      if (dtype === "float16") throw badRequest("dtype float16 applies to format npy", "dtype");
+      const type = dtype === "float32" ? "float" : dtype;
+      return reply.type("application/x-ndjson").send(Readable.from(engine.results.jsonl(job, type)));
     },
   );
 }

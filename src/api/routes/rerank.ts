@@ -3,7 +3,7 @@ import { type Static, Type as T } from "@sinclair/typebox";
 import { type ModeWeights, rerank } from "../../serving/rerank.js";
 import type { App, AppContext } from "../context.js";
 import { badRequest } from "../errors.js";
-import { openaiErrors, teiErrors } from "../schemas.js";
+import { errorResponses, TruncationDirection } from "../schemas.js";
 
 const DocumentItem = T.Union([T.String(), T.Object({ text: T.String() }, { additionalProperties: true })]);
 
@@ -13,49 +13,96 @@ const RawScores = T.Boolean({
 const ModeWeightsSchema = T.Array(T.Number({ minimum: 0 }), {
   minItems: 3,
   maxItems: 3,
-  description: "BGE-M3 only: weights of [dense, sparse, colbert] for a hybrid score",
+  // "Not all zero" would be `not: {enum: [[0, 0, 0]]}`, which schema fuzzers cannot generate for.
+  description: "BGE-M3 only: weights of [dense, sparse, colbert] for a hybrid score; not all zero (a 400)",
 });
+const TopN = T.Integer({ minimum: 1, description: "Return the best N (default: all)" });
 
-const RerankV1Request = T.Object(
-  {
-    model: T.Optional(T.String()),
-    query: T.String(),
-    documents: T.Array(DocumentItem),
-    top_n: T.Optional(T.Integer()),
-    return_documents: T.Optional(T.Boolean()),
-    max_chunks_per_doc: T.Optional(T.Integer()),
-    raw_scores: T.Optional(RawScores),
-    mode_weights: T.Optional(ModeWeightsSchema),
-  },
-  { additionalProperties: true },
-);
+/** LLM rerankers' options (FlagEmbedding's names); a model or graph that cannot honour one: a 400. */
+const LlmOptions = {
+  cutoff_layers: T.Optional(
+    T.Array(T.Integer({ minimum: 0 }), {
+      minItems: 1,
+      maxItems: 1,
+      description:
+        "Extension (layerwise / lightweight LLM rerankers): the layer whose score ranks, as a one-element list; /v1/models lists the available ones",
+    }),
+  ),
+  compress_ratio: T.Optional(
+    T.Integer({
+      minimum: 1,
+      description: "Extension (lightweight LLM rerankers): passage tokens averaged in groups of N (1: none)",
+    }),
+  ),
+  compress_layers: T.Optional(
+    T.Array(T.Integer({ minimum: 0 }), {
+      maxItems: 256,
+      description: "Extension (lightweight LLM rerankers): layers the passage is compressed before",
+    }),
+  ),
+};
 
-const RerankV2Request = T.Object(
-  {
-    model: T.String(),
-    query: T.String(),
-    documents: T.Array(T.String()),
-    top_n: T.Optional(T.Integer()),
-    max_tokens_per_doc: T.Optional(T.Integer()),
-    raw_scores: T.Optional(RawScores),
-    mode_weights: T.Optional(ModeWeightsSchema),
-  },
-  { additionalProperties: true },
-);
+/** The LLM reranker options of a body, as the service takes them. */
+function llmOptions(b: { cutoff_layers?: number[]; compress_ratio?: number; compress_layers?: number[] }) {
+  return {
+    cutoffLayers: b.cutoff_layers,
+    compressRatio: b.compress_ratio,
+    compressLayers: b.compress_layers,
+  };
+}
 
-const TeiRerankRequest = T.Object(
-  {
-    query: T.String(),
-    texts: T.Array(T.String()),
-    raw_scores: T.Optional(T.Boolean({ default: false })),
-    return_text: T.Optional(T.Boolean({ default: false })),
-    truncate: T.Optional(T.Boolean()),
-    truncation_direction: T.Optional(T.String()),
-    model: T.Optional(T.String()),
-    mode_weights: T.Optional(ModeWeightsSchema),
-  },
-  { additionalProperties: true },
-);
+/** The rerank bodies with this server's limits on documents and windows. */
+function requestSchemas(maxInputs: number, maxChunksPerDoc: number) {
+  const docs = { minItems: 1, maxItems: maxInputs };
+  const v1 = T.Object(
+    {
+      model: T.Optional(T.String()),
+      query: T.String(),
+      documents: T.Array(DocumentItem, docs),
+      top_n: T.Optional(TopN),
+      return_documents: T.Optional(T.Boolean()),
+      max_chunks_per_doc: T.Optional(
+        T.Integer({
+          minimum: 1,
+          maximum: maxChunksPerDoc,
+          description: "Split long documents into up to N overlapping windows scored by their best one",
+        }),
+      ),
+      raw_scores: T.Optional(RawScores),
+      mode_weights: T.Optional(ModeWeightsSchema),
+      ...LlmOptions,
+    },
+    { additionalProperties: true },
+  );
+  const v2 = T.Object(
+    {
+      model: T.String(),
+      query: T.String(),
+      documents: T.Array(T.String(), docs),
+      top_n: T.Optional(TopN),
+      max_tokens_per_doc: T.Optional(T.Integer({ minimum: 1 })),
+      raw_scores: T.Optional(RawScores),
+      mode_weights: T.Optional(ModeWeightsSchema),
+      ...LlmOptions,
+    },
+    { additionalProperties: true },
+  );
+  const tei = T.Object(
+    {
+      query: T.String(),
+      texts: T.Array(T.String(), docs),
+      raw_scores: T.Optional(T.Boolean({ default: false })),
+      return_text: T.Optional(T.Boolean({ default: false })),
+      truncate: T.Optional(T.Boolean()),
+      truncation_direction: T.Optional(TruncationDirection),
+      model: T.Optional(T.String()),
+      mode_weights: T.Optional(ModeWeightsSchema),
+      ...LlmOptions,
+    },
+    { additionalProperties: true },
+  );
+  return { v1, v2, tei };
+}
 
 const Meta = T.Object({
   api_version: T.Object({ version: T.String() }),
@@ -89,13 +136,17 @@ function documentText(d: Static<typeof DocumentItem>, i: number): string {
 }
 
 export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
+  const body = requestSchemas(ctx.config.limits.maxInputs, ctx.config.limits.maxChunksPerDoc);
+  // Unknown model (404), a full queue (429); TEI: empty texts (400), too long without truncation (413).
+  const openaiErrors = errorResponses("openai", [404, 429]);
+  const teiErrors = errorResponses("tei", [400, 404, 413, 429]);
   app.post(
     "/v1/rerank",
     {
       schema: {
         summary: "Rerank documents (Cohere v1 / Jina compatible)",
         tags: ["Rerank"],
-        body: RerankV1Request,
+        body: body.v1,
         response: { 200: RerankV1Response, ...openaiErrors },
       },
       config: { dialect: "openai" },
@@ -113,7 +164,9 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: true,
         topN: b.top_n,
+        llm: llmOptions(b),
         deadline: request.deadline,
+        signal: request.cancellation,
       });
       return {
         id: randomUUID(),
@@ -138,7 +191,7 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
       schema: {
         summary: "Rerank documents (Cohere v2 compatible)",
         tags: ["Rerank"],
-        body: RerankV2Request,
+        body: body.v2,
         response: { 200: RerankV2Response, ...openaiErrors },
       },
       config: { dialect: "openai" },
@@ -155,7 +208,9 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: true,
         topN: b.top_n,
+        llm: llmOptions(b),
         deadline: request.deadline,
+        signal: request.cancellation,
       });
       return {
         id: randomUUID(),
@@ -177,7 +232,7 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
       schema: {
         summary: "Rerank texts (text-embeddings-inference compatible)",
         tags: ["TEI"],
-        body: TeiRerankRequest,
+        body: body.tei,
         response: {
           200: T.Array(T.Object({ index: T.Integer(), score: T.Number(), text: T.Optional(T.String()) })),
           ...teiErrors,
@@ -197,7 +252,9 @@ export async function rerankRoutes(app: App, ctx: AppContext): Promise<void> {
         modeWeights: b.mode_weights as ModeWeights | undefined,
         truncate: b.truncate ?? true,
         topN: undefined,
+        llm: llmOptions(b),
         deadline: request.deadline,
+        signal: request.cancellation,
       });
       return ranked.order.map((index) => ({
         index,

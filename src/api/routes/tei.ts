@@ -3,7 +3,14 @@ import type { Float32Matrix } from "../../runtime/matrix.js";
 import { type EmbedRequest, embed, requireEmbedder } from "../../serving/embed.js";
 import { decode, promptPrefix, tokenize } from "../../serving/tokenize.js";
 import { type App, type AppContext, VERSION } from "../context.js";
-import { TeiDecodeRequest, TeiEmbedRequest, TeiToken, TeiTokenizeRequest, teiErrors } from "../schemas.js";
+import {
+  errorResponses,
+  TeiDecodeRequest,
+  type TeiEmbedRequest,
+  TeiToken,
+  teiEmbedRequest,
+  teiTokenizeRequest,
+} from "../schemas.js";
 
 const tei = { dialect: "tei" as const };
 
@@ -12,9 +19,16 @@ const tei = { dialect: "tei" as const };
  * model; here a request may name one with an extra `model` field, else the first embedder answers.
  */
 export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
+  const limits = { maxInputs: ctx.config.limits.maxInputs };
+  const TeiEmbedRequest = teiEmbedRequest(limits);
+  // Inference: empty inputs (400), unknown model (404), too long without truncation (413), a full queue.
+  const inference = errorResponses("tei", [400, 404, 413, 429]);
   /** A TEI embed body as a service request: prompt_name resolved, truncation and its direction. */
-  const embedRequest = (body: TeiEmbedRequest, deadline: number): EmbedRequest => {
-    const model = requireEmbedder(ctx, (body as { model?: string }).model);
+  const embedRequest = (
+    body: TeiEmbedRequest,
+    request: { deadline: number; cancellation: AbortSignal },
+  ): EmbedRequest => {
+    const model = requireEmbedder(ctx, body.model);
     return {
       model: model.id,
       input: body.inputs,
@@ -26,7 +40,8 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       ...(body.truncation_direction?.toLowerCase() === "left" ? { side: "left" as const } : {}),
       idsAre: "model",
       dimensions: body.dimensions ?? null,
-      deadline,
+      deadline: request.deadline,
+      signal: request.cancellation,
     };
   };
 
@@ -37,14 +52,14 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Embed (text-embeddings-inference compatible)",
         tags: ["TEI"],
         body: TeiEmbedRequest,
-        response: { 200: T.Array(T.Array(T.Number())), ...teiErrors },
+        response: { 200: T.Array(T.Array(T.Number())), ...inference },
       },
       config: tei,
     },
     async (request, reply) => {
       const body = request.body;
       const result = await embed(ctx, {
-        ...embedRequest(body, request.deadline),
+        ...embedRequest(body, request),
         normalize: body.normalize ?? true,
       });
       return reply.send((result.vectors as Float32Matrix).toArrays());
@@ -60,14 +75,14 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
         body: TeiEmbedRequest,
         response: {
           200: T.Array(T.Array(T.Object({ index: T.Integer(), value: T.Number() }))),
-          ...teiErrors,
+          ...inference,
         },
       },
       config: tei,
     },
     async (request) => {
       const want = { dense: false, sparse: true };
-      const result = await embed(ctx, { ...embedRequest(request.body, request.deadline), want });
+      const result = await embed(ctx, { ...embedRequest(request.body, request), want });
       return result.raws.map((r, i) => {
         const { indices, values } = result.model.sparseVector(
           r,
@@ -86,12 +101,12 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
           "Every token's vector (text-embeddings-inference compatible): BGE-M3's ColBERT vectors, or other models' hidden states",
         tags: ["TEI"],
         body: TeiEmbedRequest,
-        response: { 200: T.Array(T.Array(T.Array(T.Number()))), ...teiErrors },
+        response: { 200: T.Array(T.Array(T.Array(T.Number()))), ...inference },
       },
       config: tei,
     },
     async (request) => {
-      const req = embedRequest(request.body, request.deadline);
+      const req = embedRequest(request.body, request);
       const m3 = ctx.registry.embedder(req.model, true)?.info.m3 ?? false;
       const result = await embed(ctx, { ...req, want: { dense: false, colbert: m3, tokens: true } });
       return result.raws.map((r) =>
@@ -103,34 +118,40 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
   app.post(
     "/tokenize",
     {
+      // Their answers are many times the size of the request: a smaller body limit.
+      bodyLimit: ctx.config.limits.tokenizeBodyLimit,
       schema: {
         summary: "Tokenize (text-embeddings-inference compatible)",
         tags: ["TEI"],
-        body: TeiTokenizeRequest,
-        response: { 200: T.Array(T.Array(TeiToken)), ...teiErrors },
+        body: teiTokenizeRequest(limits),
+        response: { 200: T.Array(T.Array(TeiToken)), ...errorResponses("tei", [400, 404]) },
       },
       config: tei,
     },
-    async (request) => {
+    async (request, reply) => {
       const body = request.body;
-      return tokenize(ctx, {
-        model: (body as { model?: string }).model,
+      // The body is rendered in a tokenizer thread: a long text has millions of tokens.
+      const json = await tokenize(ctx, {
+        model: body.model,
         inputs: body.inputs,
         addSpecialTokens: body.add_special_tokens !== false,
         promptName: body.prompt_name,
-        deadline: request.deadline,
+        signal: request.cancellation,
       });
+      return reply.type("application/json").send(json);
     },
   );
 
   app.post(
     "/decode",
     {
+      // Their answers are many times the size of the request: a smaller body limit.
+      bodyLimit: ctx.config.limits.tokenizeBodyLimit,
       schema: {
         summary: "Decode token ids (text-embeddings-inference compatible)",
         tags: ["TEI"],
         body: TeiDecodeRequest,
-        response: { 200: T.Array(T.String()), ...teiErrors },
+        response: { 200: T.Array(T.String()), ...errorResponses("tei", [404]) },
       },
       config: tei,
     },
@@ -138,7 +159,7 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
       const body = request.body;
       const ids = (body.ids.length > 0 && Array.isArray(body.ids[0]) ? body.ids : [body.ids]) as number[][];
       return decode(ctx, {
-        model: (body as { model?: string }).model,
+        model: body.model,
         ids,
         skipSpecialTokens: body.skip_special_tokens ?? true,
       });
@@ -168,10 +189,17 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
               version: T.String(),
               sha: T.Union([T.String(), T.Null()]),
               docker_label: T.Union([T.String(), T.Null()]),
+              model_class: T.Optional(
+                T.String({
+                  description: "Extension: FlagEmbedding's class (encoder-only-base, decoder-only-icl, ...)",
+                }),
+              ),
+              dimensions: T.Optional(T.Integer({ description: "Extension: the embedding width" })),
             },
             { additionalProperties: true },
           ),
-          ...teiErrors,
+          // No embedding model served (only rerankers).
+          ...errorResponses("tei", [404]),
         },
       },
       config: tei,
@@ -196,6 +224,8 @@ export async function teiRoutes(app: App, ctx: AppContext): Promise<void> {
         version: VERSION,
         sha: null,
         docker_label: null,
+        ...(model.info.modelClass ? { model_class: model.info.modelClass } : {}),
+        dimensions: model.dimension,
       };
     },
   );
