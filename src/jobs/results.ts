@@ -1,4 +1,4 @@
-import { float32Json } from "../runtime/float-format.js";
+import { float32Json, halfBitsToFloat32 } from "../runtime/float-format.js";
 import { type EmbeddingType, quantizeRow, rowBytes } from "../serving/quantize.js";
 import { npyHeader, toFloat16 } from "./npy.js";
 
@@ -23,15 +23,23 @@ export class JobResults {
     }
   }
 
-  /** JSONL: {"index", "embedding"} per input, in input order; quantized types as integers. */
-  async *jsonl(job: JobRecord, type: EmbeddingType = "float"): AsyncGenerator<string> {
+  /**
+   * JSONL: {"index", "embedding"} per input, in input order; quantized types as integers, float16
+   * as the floats half precision keeps.
+   */
+  async *jsonl(job: JobRecord, type: EmbeddingType | "float16" = "float"): AsyncGenerator<string> {
     let index = 0;
     for await (const data of this.vectorChunks(job)) {
       const rows = data.length / job.dims;
       let text = "";
       for (let r = 0; r < rows; r++) {
         const row = data.subarray(r * job.dims, (r + 1) * job.dims);
-        const embedding = type === "float" ? float32Json(row) : `[${quantizeRow(row, type).join(",")}]`;
+        const embedding =
+          type === "float"
+            ? float32Json(row)
+            : type === "float16"
+              ? float32Json(halfBitsToFloat32(toFloat16(row)))
+              : `[${quantizeRow(row, type).join(",")}]`;
         text += `{"index":${index++},"embedding":${embedding}}\n`;
       }
       yield text;

@@ -1,7 +1,13 @@
 import * as ort from "onnxruntime-node";
 import { FlagserveError } from "../runtime/errors.js";
 import type { JsonObject } from "../runtime/files.js";
-import { type OnnxSession, padBatch, type TokenIds, tensorToFloat32 } from "../runtime/session.js";
+import {
+  batchFeeds,
+  type OnnxSession,
+  padBatch,
+  type TokenIds,
+  tensorToFloat32,
+} from "../runtime/session.js";
 import type { Side } from "../runtime/tokenizer.js";
 import {
   AbsReranker,
@@ -274,38 +280,16 @@ abstract class LLMRerankerCore<TScores> extends AbsReranker<TScores> {
     const empty = rows.findIndex((r) => r.ids.length === 0);
     if (empty >= 0) throw new FlagserveError("invalid_input", `row ${empty} has no tokens`);
     const batch = padBatch(rows, this.padTokenId, this.paddingSide);
-    const dims = [batch.size, batch.seqLen];
-    const feeds: Record<string, ort.Tensor> = {};
-    for (const name of session.inputNames) {
-      switch (name) {
-        case "input_ids":
-          feeds[name] = new ort.Tensor("int64", batch.inputIds, dims);
-          break;
-        case "attention_mask":
-          feeds[name] = new ort.Tensor("int64", batch.attentionMask, dims);
-          break;
-        case "query_lengths":
-          feeds[name] = int64(rows.map((r) => r.queryLength ?? 0));
-          break;
-        case "prompt_lengths":
-          feeds[name] = int64(rows.map((r) => r.promptLength ?? 0));
-          break;
-        case "compress_ratio":
-          feeds[name] = int64([compress.ratio]);
-          break;
-        case "compress_layers": {
-          const flags = new Array<number>(this.flagCount).fill(0);
-          for (const i of compress.layers) if (i > 0 && i < this.flagCount) flags[i] = 1;
-          feeds[name] = int64(flags);
-          break;
-        }
-        default:
-          throw new FlagserveError(
-            "model_files",
-            `${session.path} has an input "${name}" that flagserve cannot feed`,
-          );
-      }
-    }
+    const feeds = batchFeeds(session, batch, {
+      query_lengths: () => int64(rows.map((r) => r.queryLength ?? 0)),
+      prompt_lengths: () => int64(rows.map((r) => r.promptLength ?? 0)),
+      compress_ratio: () => int64([compress.ratio]),
+      compress_layers: () => {
+        const flags = new Array<number>(this.flagCount).fill(0);
+        for (const i of compress.layers) if (i > 0 && i < this.flagCount) flags[i] = 1;
+        return int64(flags);
+      },
+    });
     const out = await session.run(feeds, ["scores"]);
     const t = out.scores;
     if (!t) throw new FlagserveError("model_files", `${session.path} did not return scores`);

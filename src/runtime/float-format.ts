@@ -27,3 +27,18 @@ export function float32Json(row: ArrayLike<number>): string {
   }
   return `${s}]`;
 }
+
+/** IEEE half-precision bit patterns as float32 values. */
+export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
+  const out = new Float32Array(bits.length);
+  for (let i = 0; i < bits.length; i++) {
+    const h = bits[i] as number;
+    const s = h & 0x8000 ? -1 : 1;
+    const e = (h >> 10) & 0x1f;
+    const f = h & 0x3ff;
+    if (e === 0) out[i] = s * 2 ** -14 * (f / 1024);
+    else if (e === 31) out[i] = f ? Number.NaN : s * Number.POSITIVE_INFINITY;
+    else out[i] = s * 2 ** (e - 15) * (1 + f / 1024);
+  }
+  return out;
+}

@@ -5,8 +5,10 @@ import { dirname, join } from "node:path";
 import * as ort from "onnxruntime-node";
 import { type Device, deviceName } from "./device.js";
 import { FlagserveError } from "./errors.js";
+import { halfBitsToFloat32 } from "./float-format.js";
 
 export { type Device, deviceName, parseDevice } from "./device.js";
+export { halfBitsToFloat32 };
 
 import type { Side } from "./tokenizer.js";
 
@@ -155,8 +157,15 @@ export function padBatch(encodings: readonly TokenIds[], padId: number, side: Si
   return { size, seqLen, inputIds, attentionMask, tokenTypeIds, lengths, side };
 }
 
-/** Map a padded batch onto the graph's input names (BERT, RoBERTa, and decoder position ids). */
-export function batchFeeds(session: OnnxSession, batch: PaddedBatch): Record<string, ort.Tensor> {
+/**
+ * Map a padded batch onto the graph's input names (BERT, RoBERTa, and decoder position ids);
+ * `extra` feeds the inputs particular to a model class (e.g. the lightweight reranker's lengths).
+ */
+export function batchFeeds(
+  session: OnnxSession,
+  batch: PaddedBatch,
+  extra: Record<string, () => ort.Tensor> = {},
+): Record<string, ort.Tensor> {
   const dims = [batch.size, batch.seqLen];
   const feeds: Record<string, ort.Tensor> = {};
   for (const name of session.inputNames) {
@@ -174,6 +183,10 @@ export function batchFeeds(session: OnnxSession, batch: PaddedBatch): Record<str
         feeds[name] = new ort.Tensor("int64", positionIds(batch), dims);
         break;
       default:
+        if (extra[name]) {
+          feeds[name] = extra[name]();
+          break;
+        }
         throw new FlagserveError(
           "model_files",
           `${session.path} has an input "${name}" that flagserve cannot feed`,
@@ -208,18 +221,4 @@ export function tensorToFloat32(t: ort.Tensor): Float32Array {
   }
   if (t.type === "float64") return Float32Array.from(t.data as Float64Array);
   throw new FlagserveError("model_files", `unexpected ${t.type} output tensor; expected floating point`);
-}
-
-export function halfBitsToFloat32(bits: Uint16Array): Float32Array {
-  const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) {
-    const h = bits[i] as number;
-    const s = h & 0x8000 ? -1 : 1;
-    const e = (h >> 10) & 0x1f;
-    const f = h & 0x3ff;
-    if (e === 0) out[i] = s * 2 ** -14 * (f / 1024);
-    else if (e === 31) out[i] = f ? Number.NaN : s * Number.POSITIVE_INFINITY;
-    else out[i] = s * 2 ** (e - 15) * (1 + f / 1024);
-  }
-  return out;
 }

@@ -3,7 +3,7 @@ import { type Static, Type as T } from "@sinclair/typebox";
 import { type EmbedRequest, embed } from "../../serving/embed.js";
 import { EMBEDDING_TYPES, type EmbeddingType, quantizeRows } from "../../serving/quantize.js";
 import type { App, AppContext } from "../context.js";
-import { StringEnum } from "../schemas.js";
+import { errorResponses, StringEnum } from "../schemas.js";
 
 /**
  * Cohere's embed API (v1 and v2), so Cohere clients and the LangChain / LlamaIndex Cohere embedders
@@ -125,7 +125,7 @@ export async function cohereRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Embed texts (Cohere v1 compatible)",
         tags: ["Cohere"],
         body: EmbedV1Request,
-        response: { 200: EmbedV1Response },
+        response: { 200: EmbedV1Response, ...errorResponses("cohere", [404]) },
       },
       config: cohere,
     },
@@ -160,7 +160,7 @@ export async function cohereRoutes(app: App, ctx: AppContext): Promise<void> {
         summary: "Embed texts (Cohere v2 compatible)",
         tags: ["Cohere"],
         body: EmbedV2Request,
-        response: { 200: EmbedV2Response },
+        response: { 200: EmbedV2Response, ...errorResponses("cohere", [404]) },
       },
       config: cohere,
     },

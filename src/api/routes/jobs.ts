@@ -240,7 +240,7 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
           dtype: T.Optional(
             StringEnum(["float32", "float16", "int8", "uint8", "binary", "ubinary"], {
               description:
-                "Default float32. float16: npy only. int8 / uint8 / binary / ubinary: quantized as /v1/embeddings' embedding_type (packed bits: ceil(dims / 8) bytes per vector)",
+                "Default float32. float16: half precision (npy), or the floats it keeps (JSONL). int8 / uint8 / binary / ubinary: quantized as /v1/embeddings' embedding_type (packed bits: ceil(dims / 8) bytes per vector)",
             }),
           ),
         }),
@@ -269,7 +269,6 @@ export async function jobRoutes(app: App, ctx: AppContext): Promise<void> {
           .header("content-disposition", `attachment; filename="${job.id}.npy"`)
           .send(Readable.from(engine.results.npy(job, dtype)));
       }
-      if (dtype === "float16") throw badRequest("dtype float16 applies to format npy", "dtype");
       const type = dtype === "float32" ? "float" : dtype;
       return reply.type("application/x-ndjson").send(Readable.from(engine.results.jsonl(job, type)));
     },
