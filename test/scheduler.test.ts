@@ -137,4 +137,27 @@ describe("BatchScheduler", () => {
     s.admit(1, 8, deadline).release();
     await backlog;
   });
+
+  test("admission on a slow model: small requests are not refused for work that is not there", async () => {
+    // One input per batch, 20 ms each: a few hundred tokens/s, the rate of a large model on a CPU.
+    const runner = (items: Item[]) =>
+      new Promise<string[]>((r) => setTimeout(() => r(items.map((i) => i.tag)), 20));
+    const s = new BatchScheduler<Item, string>(runner, {
+      ...opts,
+      maxBatchTokens: 16_384,
+      maxBatchSize: 1,
+      concurrency: 1,
+    });
+    for (let i = 0; i < 5; i++) await s.submit(many("warm", 1, 8), { deadline: far() });
+    const rate = s.tokensPerSecond as number;
+    assert.ok(rate < 1000, `slow: ${rate} tokens/s`);
+    // Idle: admitted.
+    s.admit(1, 8, Date.now() + 30_000).release();
+    // 64 clients' one-input requests queued (~1.3 s of work): the next one still fits in 30 s.
+    const queued = Array.from({ length: 64 }, (_, i) => s.submit(many(`q${i}`, 1, 8), { deadline: far() }));
+    s.admit(1, 8, Date.now() + 30_000).release();
+    // ...but not in a deadline shorter than that work.
+    assert.throws(() => s.admit(1, 8, Date.now() + 1000), OverloadedError);
+    await Promise.all(queued);
+  });
 });

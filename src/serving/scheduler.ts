@@ -222,14 +222,15 @@ export class BatchScheduler<T extends Tokenized, R> {
             "(POST /v1/jobs, or the Batch API: POST /v1/files + /v1/batches), or split it",
         );
       }
-      // Small requests go ahead of large ones: only the small work ahead delays them.
+      // Small requests go ahead of large ones: only the small work queued and the batches already
+      // running delay them. (Not a full batch's worth: on a slow model or with small batches that
+      // alone would exceed the deadline and refuse every request, the server idle or not.)
       const ahead =
         tokens <= this.smallLimit
           ? this.queue.reduce(
               (n, p) => n + (p.remainingTokens <= this.smallLimit ? p.remainingTokens : 0),
               0,
-            ) +
-            this.options.maxBatchTokens * 1.25
+            ) + this.inFlightTokens
           : this.queuedTokens + this.reservedTokens + this.inFlightTokens;
       // The measured rate moves with load: keep a wide margin, a 429 costs the client little.
       const wait = ((ahead + tokens) * 1.1) / rate;
