@@ -216,11 +216,15 @@ export async function loadBench(dir: string, say: (s: string) => void, serverArg
       `| client disconnects with 256 inputs queued (depth ${atAbort}) | queue depth fell by them in ${fmt(gone.ms)} ms | < 1000 ms |`,
     );
 
-    // Memory after the spikes, idle.
-    await new Promise((r) => setTimeout(r, 3000));
+    // Memory after the spikes: the device worker frees its grown arena once idle (5 s by default).
+    const spiked = rssMiB(pid);
+    const quiet = await timed(async () => {
+      for (let i = 0; i < 60 && rssMiB(pid).children > spiked.children - 64; i++)
+        await new Promise((r) => setTimeout(r, 250));
+    });
     const idle = rssMiB(pid);
     say(
-      `| idle after the spikes | API ${fmt(idle.self)} MiB, device worker ${fmt(idle.children)} MiB | memory returns |`,
+      `| idle after the spikes | API ${fmt(idle.self)} MiB, device worker ${fmt(spiked.children)} -> ${fmt(idle.children)} MiB after ${fmt(quiet.ms / 1000, 1)} s | memory returns |`,
     );
   } finally {
     await stop(t);

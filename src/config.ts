@@ -72,6 +72,12 @@ export interface JobsConfig {
 export interface PoolConfig {
   /** Batches sent to one device worker before it answers (keeps a device busy while results travel). */
   inflightPerWorker: number;
+  /**
+   * A CPU device worker whose memory grew this many MiB past its size after loading recreates its
+   * sessions once it has been idle memoryReturnIdleMs: ONNX Runtime's arena never shrinks. 0: never.
+   */
+  memoryReturnMib: number;
+  memoryReturnIdleMs: number;
 }
 
 export interface TokenizerConfig {
@@ -128,7 +134,7 @@ export const DEFAULT_CONFIG: ServerConfig = {
     starvationMs: 500,
     minPaddingEfficiency: 0.92,
   },
-  pool: { inflightPerWorker: 2 },
+  pool: { inflightPerWorker: 2, memoryReturnMib: 256, memoryReturnIdleMs: 5000 },
   tokenizer: { threads: 0, heapMb: 1024 },
   devices: "cpu",
   jobs: {
@@ -261,6 +267,20 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
     {
       min: 0,
     },
+  ),
+  setting(
+    "memory-return-mb",
+    "pool",
+    "memoryReturnMib",
+    "MiB a device worker may grow past its loaded size before, once idle, it frees its ONNX Runtime arena (0: never)",
+    { min: 0 },
+  ),
+  setting(
+    "memory-return-idle",
+    "pool",
+    "memoryReturnIdleMs",
+    "seconds of no work before a device worker frees its grown arena",
+    { scale: 1000, min: 0 },
   ),
   setting("job-chunk-size", "jobs", "chunkSize", "inputs per job chunk"),
   setting("job-ttl-hours", "jobs", "ttlSeconds", "hours finished jobs and their results are kept", {

@@ -135,6 +135,42 @@ describe("fault tolerance", () => {
     }
   });
 
+  test("memory returns: an idle worker that grew recreates its sessions, which then compute the same", async () => {
+    const events: { event: string; detail: Record<string, unknown> }[] = [];
+    const pool = new WorkerPoolExecutor(parseWorkerDevices("cpu", 2), {
+      memoryReturnMib: 1,
+      memoryReturnIdleMs: 300,
+      onEvent: (event, detail) => events.push({ event, detail }),
+    });
+    try {
+      const [info] = await pool.load([TINY]);
+      const tok = await TextTokenizer.fromDir(info?.dir as string);
+      // A spike: 64 inputs of 512 tokens grow ONNX Runtime's arena.
+      const items = Array.from({ length: 64 }, (_, i) => ({
+        ...tok.encode(text(i).repeat(20), 512),
+        want: { dense: true, sparse: false, colbert: false },
+      }));
+      const before = await pool.embed("tiny", items, 0);
+      const freed = () => events.find((e) => e.event.includes("freed its sessions' memory"));
+      for (let i = 0; i < 200 && !freed(); i++) await new Promise((r) => setTimeout(r, 50));
+      const e = freed();
+      assert.ok(e, `no memory return; events: ${JSON.stringify(events)}`);
+      assert.ok(
+        (e.detail.afterMib as number) < (e.detail.beforeMib as number),
+        `memory went back: ${JSON.stringify(e.detail)}`,
+      );
+      const after = await pool.embed("tiny", items, 0);
+      assert.ok(
+        maxAbsDiff(
+          after.map((r) => r.dense as Float32Array),
+          before.map((r) => Array.from(r.dense as Float32Array)),
+        ) < 1e-6,
+      );
+    } finally {
+      await pool.close();
+    }
+  });
+
   test("kill -9 a worker under load: every request completes or fails cleanly, the pool recovers", async () => {
     const server = await startServer([TINY], {
       ...quiet,

@@ -32,6 +32,11 @@ export abstract class LoadedModelBase {
     return this.model;
   }
 
+  /** Recreate the CPU sessions (frees what their memory arenas grew to); no run may be in progress. */
+  async renewSessions(): Promise<void> {
+    for (const s of this.model.sessions) if (s.device.kind === "cpu") await s.renew();
+  }
+
   /** Release the ONNX sessions. */
   close(): Promise<void> {
     return releaseModel(this.model);

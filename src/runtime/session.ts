@@ -54,12 +54,19 @@ export class OnnxSession {
   readonly device: Device;
   readonly inputNames: readonly string[];
   readonly outputNames: readonly string[];
-  private readonly session: ort.InferenceSession;
+  private session: ort.InferenceSession;
+  private readonly sessionOptions: ort.InferenceSession.SessionOptions;
 
-  private constructor(path: string, device: Device, session: ort.InferenceSession) {
+  private constructor(
+    path: string,
+    device: Device,
+    session: ort.InferenceSession,
+    sessionOptions: ort.InferenceSession.SessionOptions,
+  ) {
     this.path = path;
     this.device = device;
     this.session = session;
+    this.sessionOptions = sessionOptions;
     this.inputNames = session.inputNames;
     this.outputNames = session.outputNames;
   }
@@ -95,7 +102,7 @@ export class OnnxSession {
     }
     try {
       const session = await ort.InferenceSession.create(path, sessionOptions);
-      return new OnnxSession(path, device, session);
+      return new OnnxSession(path, device, session, sessionOptions);
     } catch (err) {
       const msg = (err as Error).message;
       if (device.kind === "cuda") {
@@ -115,6 +122,18 @@ export class OnnxSession {
 
   async release(): Promise<void> {
     await this.session.release();
+  }
+
+  /**
+   * Replace the ONNX Runtime session with a fresh one of the same graph and options, releasing
+   * the old one: what its CPU memory arena grew to goes back to the system. The caller makes sure
+   * no run is in progress.
+   */
+  async renew(): Promise<void> {
+    const fresh = await ort.InferenceSession.create(this.path, this.sessionOptions);
+    const old = this.session;
+    this.session = fresh;
+    await old.release();
   }
 }
 

@@ -2,9 +2,53 @@
 // It is the LocalExecutor behind an IPC channel; the HTTP process never holds model weights.
 import { isFlagserveError } from "../runtime/errors.js";
 import { LocalExecutor } from "./local-executor.js";
-import { type FromWorker, packRaws, type ToWorker, unpackBatch, unpackScoreBatch } from "./protocol.js";
+import {
+  type FromWorker,
+  type MemoryReturn,
+  packRaws,
+  type ToWorker,
+  unpackBatch,
+  unpackScoreBatch,
+} from "./protocol.js";
 
 const executor = new LocalExecutor();
+
+// ONNX Runtime's CPU arena keeps runs free of page faults, but never shrinks: after a spike of
+// long inputs it holds the spike's memory for good. So once the worker has been quiet for a while
+// and has grown well past its size after loading, it recreates its sessions (the old arenas are
+// freed). The wait is at least 20 times what recreating took, so it stays rare and cheap.
+const memory = {
+  policy: { growthMib: 0, idleMs: 0 } as MemoryReturn,
+  floorMib: 0,
+  renewMs: 0,
+  timer: undefined as NodeJS.Timeout | undefined,
+};
+const rssMib = () => process.memoryUsage.rss() / 2 ** 20;
+
+function watchMemory(): void {
+  if (memory.policy.growthMib <= 0) return;
+  clearTimeout(memory.timer);
+  memory.timer = setTimeout(
+    () => {
+      if (rssMib() - memory.floorMib <= memory.policy.growthMib) return;
+      queue = queue.then(async () => {
+        const started = performance.now();
+        const before = rssMib();
+        await executor.renewSessions();
+        memory.renewMs = performance.now() - started;
+        memory.floorMib = rssMib();
+        send({
+          type: "memory_returned",
+          beforeMib: Math.round(before),
+          afterMib: Math.round(memory.floorMib),
+          ms: Math.round(memory.renewMs),
+        });
+      });
+    },
+    Math.max(memory.policy.idleMs, 20 * memory.renewMs),
+  );
+  memory.timer.unref();
+}
 
 function send(msg: FromWorker): void {
   process.send?.(msg);
@@ -22,7 +66,10 @@ async function handle(msg: ToWorker): Promise<void> {
   switch (msg.type) {
     case "load":
       try {
-        send({ type: "loaded", infos: await executor.load(msg.specs) });
+        const infos = await executor.load(msg.specs);
+        if (msg.memory) memory.policy = msg.memory;
+        memory.floorMib = rssMib();
+        send({ type: "loaded", infos });
       } catch (err) {
         send({ type: "load_error", message: (err as Error).message });
       }
@@ -31,6 +78,7 @@ async function handle(msg: ToWorker): Promise<void> {
       try {
         const raws = await executor.embed(msg.model, unpackBatch(msg.batch), 0);
         send({ type: "embedded", id: msg.id, raws: packRaws(raws) });
+        watchMemory();
       } catch (err) {
         send(failed(msg.id, err));
       }
@@ -45,6 +93,7 @@ async function handle(msg: ToWorker): Promise<void> {
           msg.options,
         );
         send({ type: "scored", id: msg.id, scores: scores.slice() });
+        watchMemory();
       } catch (err) {
         send(failed(msg.id, err));
       }

@@ -224,6 +224,11 @@ export class LocalExecutor implements Executor {
     return r.scoreRows(rows, device, options?.compress);
   }
 
+  /** Recreate every model's CPU sessions, between batches (see device-worker.ts). */
+  async renewSessions(): Promise<void> {
+    for (const m of this.models.values()) await m.model.renewSessions();
+  }
+
   async close(): Promise<void> {
     await Promise.all([...this.models.values()].map((m) => m.model.close()));
     this.models.clear();

@@ -27,8 +27,16 @@ export interface PackedBatch {
   extras?: Int32Array;
 }
 
+/** When a device worker recreates its sessions to give back what their arenas grew to. */
+export interface MemoryReturn {
+  /** Growth in MiB past the size after loading (0: never). */
+  growthMib: number;
+  /** Idle time first, so that no batch waits for the new sessions. */
+  idleMs: number;
+}
+
 export type ToWorker =
-  | { type: "load"; specs: ModelSpec[] }
+  | { type: "load"; specs: ModelSpec[]; memory?: MemoryReturn }
   | { type: "embed"; id: number; model: string; batch: PackedBatch }
   | { type: "score"; id: number; model: string; batch: PackedBatch; options?: ScoreBatchOptions }
   | { type: "cancel"; id: number }
@@ -53,7 +61,8 @@ export type FromWorker =
   | { type: "load_error"; message: string }
   | { type: "embedded"; id: number; raws: PackedRaws }
   | { type: "scored"; id: number; scores: Float32Array }
-  | { type: "failed"; id: number; message: string; kind?: ErrorKind };
+  | { type: "failed"; id: number; message: string; kind?: ErrorKind }
+  | { type: "memory_returned"; beforeMib: number; afterMib: number; ms: number };
 
 const WANT_BITS: (keyof Want)[] = ["dense", "sparse", "colbert", "tokens"];
 

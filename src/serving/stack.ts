@@ -31,6 +31,8 @@ export class ServingStack {
       inflightPerWorker: config.pool.inflightPerWorker,
       batchTimeoutMs: config.limits.requestTimeoutMs,
       waitForWorkerMs: config.limits.requestTimeoutMs,
+      memoryReturnMib: config.pool.memoryReturnMib,
+      memoryReturnIdleMs: config.pool.memoryReturnIdleMs,
       onEvent: log,
     });
     this.tokenizers = new TokenizerPool({
