@@ -1,4 +1,4 @@
-// Benchmarks: npm run bench [-- --quick] [--model DIR]... [--peer infinity] [--load]
+// Benchmarks: npm run bench [-- --quick] [--model DIR]... [--dtype fp32 --dtype int8] [--peer infinity] [--load]
 //
 // Every ratio is measured in this one run, against a baseline run on the same machine moments
 // before: a raw ONNX Runtime session on the same batches, batching switched off, a peer server.
@@ -8,7 +8,7 @@ import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
-import { ModelDir } from "../src/runtime/model-dir.js";
+import { type Dtype, ModelDir, parseDtype } from "../src/runtime/model-dir.js";
 import { batchFeeds, OnnxSession, padBatch } from "../src/runtime/session.js";
 import { type Encoding, TextTokenizer } from "../src/runtime/tokenizer.js";
 
@@ -35,6 +35,8 @@ const { values } = parseArgs({
     peer: { type: "string", multiple: true },
     passages: { type: "string" },
     load: { type: "boolean" },
+    // Several: each is served in turn (raw baseline on the same graph) and compared with the first.
+    dtype: { type: "string", multiple: true },
   },
 });
 
@@ -53,10 +55,14 @@ const MAX_BATCH_TOKENS = 16384;
 // ---------------------------------------------------------------- measurements
 
 /** The raw baseline: tokenized once, sorted by length, packed like the server packs, run on one session. */
-async function rawOrt(dir: string, texts: string[]): Promise<{ perSecond: number; efficiency: number }> {
+async function rawOrt(
+  dir: string,
+  texts: string[],
+  dtype: Dtype,
+): Promise<{ perSecond: number; efficiency: number }> {
   const model = await ModelDir.open(dir);
   const tok = await TextTokenizer.fromDir(dir);
-  const session = await OnnxSession.create(model.resolve(model.onnx("auto", "cpu").file));
+  const session = await OnnxSession.create(model.resolve(model.onnx(dtype, "cpu").file));
   const limit = Math.min(512, model.maxPositions ?? 512, tok.modelMaxLength ?? 512);
   const encodings = texts.map((t) => tok.encode(t, limit)).sort((a, b) => b.ids.length - a.ids.length);
   const batches: Encoding[][] = [];
@@ -171,6 +177,59 @@ async function concurrent(
   };
 }
 
+/** One served precision: the raw baseline on its graph, bulk, 64 clients (and unbatched once). */
+async function serveAndMeasure(dir: string, dtype: Dtype, pooling: string[], withUnbatched: boolean) {
+  if (dtype !== "auto") say(`\n### --dtype ${dtype}`);
+  const raw = await rawOrt(dir, texts, dtype);
+  say(
+    `raw ONNX Runtime session, same batches: ${fmt(raw.perSecond)} passages/s (padding efficiency ${fmt(raw.efficiency, 3)})`,
+  );
+
+  const flags = dtype === "auto" ? pooling : [...pooling, "--dtype", dtype];
+  const server = await startFlagserve("flagserve", dir, flags);
+  let on: Awaited<ReturnType<typeof concurrent>>;
+  let b: Awaited<ReturnType<typeof bulk>>;
+  try {
+    await bulk(server, texts.slice(0, 512)); // warm-up
+    b = await bulk(server, texts);
+    on = await concurrent(server, qs);
+  } finally {
+    await stop(server);
+  }
+  let off: Awaited<ReturnType<typeof concurrent>> | undefined;
+  if (withUnbatched) {
+    const offServer = await startFlagserve("flagserve (batch size 1)", dir, [
+      ...flags,
+      "--max-batch-size",
+      "1",
+    ]);
+    try {
+      await concurrent(offServer, qs.slice(0, 64));
+      off = await concurrent(offServer, qs);
+    } finally {
+      await stop(offServer);
+    }
+  }
+  say("| measurement | value | goal |");
+  say("| --- | --- | --- |");
+  say(`| bulk through HTTP | ${fmt(b.perSecond)} passages/s | |`);
+  say(`| bulk, ratio to the raw session | **${fmt(b.perSecond / raw.perSecond, 2)}** | >= 0.90 |`);
+  say(`| padding efficiency (real / computed tokens) | **${fmt(b.efficiency, 3)}** | >= 0.85 |`);
+  say(`| event-loop delay p99 during bulk | **${fmt(b.loopP99Ms)} ms** | < 20 ms |`);
+  say(
+    `| 64 clients, batching on | ${fmt(on.perSecond)} req/s, p50 ${fmt(on.p50)} ms, p99 ${fmt(on.p99)} ms | |`,
+  );
+  if (off) {
+    say(
+      `| 64 clients, batch size 1 | ${fmt(off.perSecond)} req/s, p50 ${fmt(off.p50)} ms, p99 ${fmt(off.p99)} ms | |`,
+    );
+    say(`| batching speed-up | **${fmt(on.perSecond / off.perSecond, 2)}x** | >= 4x |`);
+  }
+  say(`| event-loop delay p99 during 64 clients | **${fmt(on.loopP99Ms)} ms** | < 20 ms |`);
+
+  return { bulk: b, on };
+}
+
 // ---------------------------------------------------------------- run
 
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
@@ -214,48 +273,22 @@ for (const dir of models) {
     continue;
   }
   say(`\n## ${dir.split("/").pop()}`);
-  const raw = await rawOrt(dir, texts);
-  say(
-    `raw ONNX Runtime session, same batches: ${fmt(raw.perSecond)} passages/s (padding efficiency ${fmt(raw.efficiency, 3)})`,
-  );
-
-  const server = await startFlagserve("flagserve", dir, pooling);
-  let on: Awaited<ReturnType<typeof concurrent>>;
-  let b: Awaited<ReturnType<typeof bulk>>;
-  try {
-    await bulk(server, texts.slice(0, 512)); // warm-up
-    b = await bulk(server, texts);
-    on = await concurrent(server, qs);
-  } finally {
-    await stop(server);
+  const dtypes = (values.dtype ?? ["auto"]).map(parseDtype);
+  let first: { dtype: Dtype; bulk: number; on: Awaited<ReturnType<typeof concurrent>> } | undefined;
+  let b = { perSecond: Number.NaN };
+  let on: Awaited<ReturnType<typeof concurrent>> | undefined;
+  for (const dtype of dtypes) {
+    const r = await serveAndMeasure(dir, dtype, pooling, first === undefined);
+    b = r.bulk;
+    on = r.on;
+    if (first) {
+      say(`| ${dtype} / ${first.dtype}: bulk throughput | **${fmt(b.perSecond / first.bulk, 2)}x** | |`);
+      say(
+        `| ${dtype} / ${first.dtype}: 64 clients throughput, p99 | ${fmt(on.perSecond / first.on.perSecond, 2)}x, p99 ${fmt(on.p99 / first.on.p99, 2)}x | |`,
+      );
+    } else first = { dtype, bulk: b.perSecond, on };
   }
-  const offServer = await startFlagserve("flagserve (batch size 1)", dir, [
-    ...pooling,
-    "--max-batch-size",
-    "1",
-  ]);
-  let off: Awaited<ReturnType<typeof concurrent>>;
-  try {
-    await concurrent(offServer, qs.slice(0, 64));
-    off = await concurrent(offServer, qs);
-  } finally {
-    await stop(offServer);
-  }
-  say("| measurement | value | goal |");
-  say("| --- | --- | --- |");
-  say(`| bulk through HTTP | ${fmt(b.perSecond)} passages/s | |`);
-  say(`| bulk, ratio to the raw session | **${fmt(b.perSecond / raw.perSecond, 2)}** | >= 0.90 |`);
-  say(`| padding efficiency (real / computed tokens) | **${fmt(b.efficiency, 3)}** | >= 0.85 |`);
-  say(`| event-loop delay p99 during bulk | **${fmt(b.loopP99Ms)} ms** | < 20 ms |`);
-  say(
-    `| 64 clients, batching on | ${fmt(on.perSecond)} req/s, p50 ${fmt(on.p50)} ms, p99 ${fmt(on.p99)} ms | |`,
-  );
-  say(
-    `| 64 clients, batch size 1 | ${fmt(off.perSecond)} req/s, p50 ${fmt(off.p50)} ms, p99 ${fmt(off.p99)} ms | |`,
-  );
-  say(`| batching speed-up | **${fmt(on.perSecond / off.perSecond, 2)}x** | >= 4x |`);
-  say(`| event-loop delay p99 during 64 clients | **${fmt(on.loopP99Ms)} ms** | < 20 ms |`);
-
+  if (!on) continue;
   // Peers read a sentence-transformers model's own pooling; the fixture model has none.
   const peers = existsSync(join(dir, "1_Pooling", "config.json")) ? (values.peer ?? []) : [];
   for (const peer of peers) {
