@@ -108,6 +108,7 @@ export async function loadBench(dir: string, say: (s: string) => void, serverArg
     for (let i = 0; i < 20; i++) idleOne.push((await timed(() => embed(t, texts(1, 60, 1000 + i)))).ms);
     const idleFull: number[] = [];
     for (let i = 0; i < 3; i++) idleFull.push((await timed(() => embed(t, texts(32, 2000, 2000 + i)))).ms);
+    const ready = rssMiB(pid);
     const one = percentile(idleOne, 50);
     const full = percentile(idleFull, 50);
     say(`idle: one 1-input request ${fmt(one)} ms; one full batch (32 x 2000 chars) ${fmt(full)} ms`);
@@ -219,12 +220,12 @@ export async function loadBench(dir: string, say: (s: string) => void, serverArg
     // Memory after the spikes: the device worker frees its grown arena once idle (5 s by default).
     const spiked = rssMiB(pid);
     const quiet = await timed(async () => {
-      for (let i = 0; i < 60 && rssMiB(pid).children > spiked.children - 64; i++)
+      for (let i = 0; i < 80 && rssMiB(pid).children > spiked.children - 128; i++)
         await new Promise((r) => setTimeout(r, 250));
     });
     const idle = rssMiB(pid);
     say(
-      `| idle after the spikes | API ${fmt(idle.self)} MiB, device worker ${fmt(spiked.children)} -> ${fmt(idle.children)} MiB after ${fmt(quiet.ms / 1000, 1)} s | memory returns |`,
+      `| idle after the spikes | API ${fmt(idle.self)} MiB, device worker ${fmt(spiked.children)} -> ${fmt(idle.children)} MiB after ${fmt(quiet.ms / 1000, 1)} s (${fmt(ready.children)} MiB when ready) | memory returns |`,
     );
   } finally {
     await stop(t);

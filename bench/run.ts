@@ -99,12 +99,13 @@ async function rawOrt(
   return { perSecond: texts.length / seconds, efficiency: real / computed };
 }
 
-async function startInfinity(dir: string): Promise<Target | undefined> {
+async function startInfinity(dir: string, env: Record<string, string> = {}): Promise<Target | undefined> {
   const script = join(ROOT, "bench", "peers", "infinity.sh");
   if (!existsSync(script)) return undefined;
   const port = takePort();
   const proc = spawn("bash", [script, dir, String(port)], {
     cwd: ROOT,
+    env: { ...process.env, ...env },
     stdio: ["ignore", "ignore", "inherit"],
   });
   const url = `http://127.0.0.1:${port}`;
@@ -230,6 +231,48 @@ async function serveAndMeasure(dir: string, dtype: Dtype, pooling: string[], wit
   return { bulk: b, on };
 }
 
+/**
+ * A peer serving the same model at the same precision. infinity's int8 on CPU is the graph it
+ * prefers there: the dynamically quantized `*quantize*` file (its --dtype applies to torch only).
+ */
+async function peerRows(
+  peer: string,
+  dir: string,
+  dtype: Dtype,
+  b: { perSecond: number },
+  on: { perSecond: number; p99: number },
+): Promise<void> {
+  if (peer !== "infinity") {
+    say(`(unknown peer ${peer})`);
+    return;
+  }
+  const quantized = join("onnx", "model_quantized.onnx");
+  const int8 = dtype === "int8" || dtype === "q8";
+  if (int8 && !existsSync(join(dir, quantized))) {
+    say(`(infinity at int8 needs ${quantized} in ${dir})`);
+    return;
+  }
+  const t = await startInfinity(dir, int8 ? { INFINITY_ONNX_FILE: quantized } : {});
+  if (!t) {
+    say("(infinity peer script missing: bench/peers/infinity.sh)");
+    return;
+  }
+  const label = int8 ? "infinity-emb (model_quantized.onnx)" : "infinity-emb";
+  try {
+    await bulk(t, texts.slice(0, 512));
+    const pb = await bulk(t, texts);
+    const pc = await concurrent(t, qs);
+    say(
+      `| ${label} bulk | ${fmt(pb.perSecond)} passages/s; flagserve / infinity = **${fmt(b.perSecond / pb.perSecond, 2)}** | > 1 |`,
+    );
+    say(
+      `| ${label} 64 clients | ${fmt(pc.perSecond)} req/s, p50 ${fmt(pc.p50)} ms, p99 ${fmt(pc.p99)} ms; throughput ratio **${fmt(on.perSecond / pc.perSecond, 2)}**, p99 ratio ${fmt(on.p99 / pc.p99, 2)} | > 1, < 1 |`,
+    );
+  } finally {
+    await stop(t);
+  }
+}
+
 // ---------------------------------------------------------------- run
 
 const fmt = (x: number, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : "n/a");
@@ -275,45 +318,17 @@ for (const dir of models) {
   say(`\n## ${dir.split("/").pop()}`);
   const dtypes = (values.dtype ?? ["auto"]).map(parseDtype);
   let first: { dtype: Dtype; bulk: number; on: Awaited<ReturnType<typeof concurrent>> } | undefined;
-  let b = { perSecond: Number.NaN };
-  let on: Awaited<ReturnType<typeof concurrent>> | undefined;
+  // Peers read a sentence-transformers model's own pooling; the fixture model has none.
+  const peers = existsSync(join(dir, "1_Pooling", "config.json")) ? (values.peer ?? []) : [];
   for (const dtype of dtypes) {
-    const r = await serveAndMeasure(dir, dtype, pooling, first === undefined);
-    b = r.bulk;
-    on = r.on;
+    const { bulk: b, on } = await serveAndMeasure(dir, dtype, pooling, first === undefined);
     if (first) {
       say(`| ${dtype} / ${first.dtype}: bulk throughput | **${fmt(b.perSecond / first.bulk, 2)}x** | |`);
       say(
         `| ${dtype} / ${first.dtype}: 64 clients throughput, p99 | ${fmt(on.perSecond / first.on.perSecond, 2)}x, p99 ${fmt(on.p99 / first.on.p99, 2)}x | |`,
       );
     } else first = { dtype, bulk: b.perSecond, on };
-  }
-  if (!on) continue;
-  // Peers read a sentence-transformers model's own pooling; the fixture model has none.
-  const peers = existsSync(join(dir, "1_Pooling", "config.json")) ? (values.peer ?? []) : [];
-  for (const peer of peers) {
-    if (peer !== "infinity") {
-      say(`(unknown peer ${peer})`);
-      continue;
-    }
-    const t = await startInfinity(dir);
-    if (!t) {
-      say("(infinity peer script missing: bench/peers/infinity.sh)");
-      continue;
-    }
-    try {
-      await bulk(t, texts.slice(0, 512));
-      const pb = await bulk(t, texts);
-      const pc = await concurrent(t, qs);
-      say(
-        `| infinity-emb bulk | ${fmt(pb.perSecond)} passages/s; flagserve / infinity = **${fmt(b.perSecond / pb.perSecond, 2)}** | > 1 |`,
-      );
-      say(
-        `| infinity-emb 64 clients | ${fmt(pc.perSecond)} req/s, p50 ${fmt(pc.p50)} ms, p99 ${fmt(pc.p99)} ms; throughput ratio **${fmt(on.perSecond / pc.perSecond, 2)}**, p99 ratio ${fmt(on.p99 / pc.p99, 2)} | > 1, < 1 |`,
-      );
-    } finally {
-      await stop(t);
-    }
+    for (const peer of peers) await peerRows(peer, dir, dtype, b, on);
   }
 }
 

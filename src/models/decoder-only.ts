@@ -439,6 +439,7 @@ export class FlagPseudoMoEModel extends FlagLLMModel {
             ...(o.interOpThreads !== undefined ? { interOpThreads: o.interOpThreads } : {}),
             ...(o.spinning !== undefined ? { spinning: o.spinning } : {}),
             ...(o.cpuMemArena !== undefined ? { cpuMemArena: o.cpuMemArena } : {}),
+            ...(o.memPattern !== undefined ? { memPattern: o.memPattern } : {}),
           }),
         ),
       );

@@ -27,6 +27,8 @@ export interface RuntimeOptions {
   spinning?: boolean;
   /** ONNX Runtime's CPU memory arena (see SessionOptions.cpuMemArena). */
   cpuMemArena?: boolean;
+  /** ONNX Runtime's memory pattern (see SessionOptions.memPattern). */
+  memPattern?: boolean;
   /** Hub access for model ids (revision, cache, endpoint, token, offline); defaults from HF_* env vars. */
   hub?: HubOptions;
 }
@@ -105,6 +107,7 @@ export async function loadModel(
         ...(options.interOpThreads !== undefined ? { interOpThreads: options.interOpThreads } : {}),
         ...(options.spinning !== undefined ? { spinning: options.spinning } : {}),
         ...(options.cpuMemArena !== undefined ? { cpuMemArena: options.cpuMemArena } : {}),
+        ...(options.memPattern !== undefined ? { memPattern: options.memPattern } : {}),
       }),
     );
   }

@@ -25,10 +25,16 @@ export interface SessionOptions {
    */
   spinning?: boolean;
   /**
-   * Keep freed tensor memory in ONNX Runtime's CPU arena for reuse. Default true; a long-running
-   * server turns it off so that memory taken by one spike of long inputs goes back to the system.
+   * Keep freed tensor memory in ONNX Runtime's CPU arena for reuse (default true). It never
+   * shrinks: the server's device workers renew their sessions after a spike (OnnxSession.renew).
    */
   cpuMemArena?: boolean;
+  /**
+   * ONNX Runtime's memory pattern: one planned block per input shape (default true). With the
+   * arena on and shapes that vary batch by batch it doubles the memory held and saves no time
+   * (bge-small, 8 batch shapes: 2.26 vs 1.29 GB peak, same speed within 2%; int8 1.17 GB and 9% faster).
+   */
+  memPattern?: boolean;
 }
 
 /**
@@ -85,6 +91,7 @@ export class OnnxSession {
     };
     if (options.intraOpThreads !== undefined) sessionOptions.intraOpNumThreads = options.intraOpThreads;
     if (options.cpuMemArena === false) sessionOptions.enableCpuMemArena = false;
+    if (options.memPattern === false) sessionOptions.enableMemPattern = false;
     if (options.interOpThreads !== undefined) sessionOptions.interOpNumThreads = options.interOpThreads;
     if (options.spinning === false) {
       sessionOptions.extra = {

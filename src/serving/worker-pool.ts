@@ -206,6 +206,8 @@ export class WorkerPoolExecutor implements Executor {
         // The arena keeps runs free of page faults (int8 graphs run ~30% faster with it); the
         // worker recreates its sessions after a spike to give the memory back (device-worker.ts).
         cpuMemArena: s.options.cpuMemArena ?? true,
+        // Batch shapes vary: per-shape planned blocks would double what the arena holds.
+        memPattern: s.options.memPattern ?? false,
         ...(w.slot.threads !== undefined && s.options.intraOpThreads === undefined
           ? { intraOpThreads: w.slot.threads }
           : {}),
