@@ -223,6 +223,7 @@ export async function loadBench(dir: string, say: (s: string) => void, serverArg
       for (let i = 0; i < 80 && rssMiB(pid).children > spiked.children - 128; i++)
         await new Promise((r) => setTimeout(r, 250));
     });
+    await new Promise((r) => setTimeout(r, 1000)); // the renewal may be half done when RSS drops
     const idle = rssMiB(pid);
     say(
       `| idle after the spikes | API ${fmt(idle.self)} MiB, device worker ${fmt(spiked.children)} -> ${fmt(idle.children)} MiB after ${fmt(quiet.ms / 1000, 1)} s (${fmt(ready.children)} MiB when ready) | memory returns |`,
