@@ -250,13 +250,21 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
   }),
   setting("request-timeout", "limits", "requestTimeoutMs", "seconds a request may take before a 503", {
     scale: 1000,
+    commands: ["serve", "worker"],
   }),
-  setting("tokenizer-threads", "tokenizer", "threads", "tokenizer threads (0: one per CPU core)", { min: 0 }),
+  setting("tokenizer-threads", "tokenizer", "threads", "tokenizer threads (0: one per CPU core)", {
+    min: 0,
+    commands: ["serve", "worker"],
+  }),
   setting("tokenizer-heap-mb", "tokenizer", "heapMb", "heap limit of each tokenizer thread in MiB", {
     min: 64,
   }),
-  setting("max-batch-tokens", "scheduler", "maxBatchTokens", "padded tokens per batch"),
-  setting("max-batch-size", "scheduler", "maxBatchSize", "inputs per batch"),
+  setting("max-batch-tokens", "scheduler", "maxBatchTokens", "padded tokens per batch", {
+    commands: ["serve", "worker"],
+  }),
+  setting("max-batch-size", "scheduler", "maxBatchSize", "inputs per batch", {
+    commands: ["serve", "worker"],
+  }),
   setting("batch-window-ms", "scheduler", "windowMs", "how long a lone input waits for company", { min: 0 }),
   setting("max-queue", "scheduler", "maxQueuedInputs", "inputs that may wait per model before 429s"),
   setting(
@@ -273,18 +281,19 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
     "pool",
     "memoryReturnMib",
     "MiB a device worker may grow past its loaded size before, once idle, it frees its ONNX Runtime arena (0: never)",
-    { min: 0 },
+    { min: 0, commands: ["serve", "worker"] },
   ),
   setting(
     "memory-return-idle",
     "pool",
     "memoryReturnIdleMs",
     "seconds of no work before a device worker frees its grown arena",
-    { scale: 1000, min: 0 },
+    { scale: 1000, min: 0, commands: ["serve", "worker"] },
   ),
   setting("job-chunk-size", "jobs", "chunkSize", "inputs per job chunk"),
   setting("job-ttl-hours", "jobs", "ttlSeconds", "hours finished jobs and their results are kept", {
     scale: 3600,
+    commands: ["serve", "worker"],
   }),
   setting("file-ttl-hours", "jobs", "fileTtlSeconds", "hours uploaded files (/v1/files) are kept", {
     scale: 3600,
@@ -294,6 +303,7 @@ export const NUMERIC_SETTINGS: NumericSetting[] = [
     "jobs",
     "chunkTimeoutSeconds",
     "seconds one attempt at a job chunk may take, waiting for a busy server included",
+    { commands: ["serve", "worker"] },
   ),
   setting(
     "chunk-lock-seconds",

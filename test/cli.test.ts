@@ -3,6 +3,9 @@ import { spawn } from "node:child_process";
 import { cp, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { parseFlags } from "../src/cli/args.js";
+import { WORKER_FLAGS, workerConfig } from "../src/cli/worker.js";
+import { DEFAULT_CONFIG } from "../src/config.js";
 import { assertClose, loadGolden, modelPath, ROOT, tempDir } from "./helpers.js";
 import { commitSha, FakeHub, filesOf } from "./support/fake-hub.js";
 
@@ -192,5 +195,29 @@ describe("flagserve serve, when a model cannot load", () => {
     } finally {
       await home.cleanup();
     }
+  });
+});
+
+describe("flagserve worker", () => {
+  test("takes the settings that shape its work from the same table as serve, with the same defaults", async () => {
+    const defaults = workerConfig(parseFlags([], WORKER_FLAGS).values, "redis://x");
+    assert.equal(defaults.jobs.chunkTimeoutSeconds, DEFAULT_CONFIG.jobs.chunkTimeoutSeconds);
+    assert.equal(defaults.jobs.ttlSeconds, DEFAULT_CONFIG.jobs.ttlSeconds);
+    assert.equal(defaults.pool.memoryReturnMib, DEFAULT_CONFIG.pool.memoryReturnMib);
+    const argv = [
+      ...["--job-chunk-timeout", "30", "--job-ttl-hours", "2", "--chunk-lock-seconds", "7"],
+      ...["--max-batch-tokens", "4096", "--memory-return-mb", "0", "--request-timeout", "20"],
+    ];
+    const c = workerConfig(parseFlags(argv, WORKER_FLAGS).values, "redis://x");
+    assert.equal(c.jobs.chunkTimeoutSeconds, 30);
+    assert.equal(c.jobs.ttlSeconds, 7200, "results a worker writes expire as the API's do");
+    assert.equal(c.jobs.chunkLockSeconds, 7);
+    assert.equal(c.scheduler.maxBatchTokens, 4096);
+    assert.equal(c.pool.memoryReturnMib, 0);
+    assert.equal(c.limits.requestTimeoutMs, 20_000);
+    const help = await flagserve(["worker", "--help"]);
+    assert.equal(help.code, 0);
+    for (const flag of ["--job-chunk-timeout", "--job-ttl-hours", "--memory-return-mb", "--max-batch-tokens"])
+      assert.ok(help.stdout.includes(flag), `${flag} in worker --help`);
   });
 });

@@ -1,11 +1,32 @@
-import { DEFAULT_CONFIG, serverConfig } from "../config.js";
+import {
+  applySetting,
+  DEFAULT_CONFIG,
+  flagDefault,
+  NUMERIC_SETTINGS,
+  type ServerConfig,
+  type ServerConfigInput,
+  serverConfig,
+} from "../config.js";
 import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
 import type { ModelSpec } from "../serving/executor.js";
 import { Metrics } from "../serving/metrics.js";
 import { ServingStack } from "../serving/stack.js";
-import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
+import {
+  bool,
+  type FlagSpecs,
+  type FlagValues,
+  helpText,
+  int,
+  list,
+  parseFlags,
+  str,
+  UsageError,
+} from "./args.js";
 import { MODEL_FLAGS, modelOptions, parseModelArg, taskInstructions } from "./model-flags.js";
+
+/** The numeric settings a worker takes (batching, deadlines, job data lifetimes: as the API's). */
+const WORKER_SETTINGS = NUMERIC_SETTINGS.filter((s) => s.commands.includes("worker"));
 
 export const WORKER_FLAGS: FlagSpecs = {
   "redis-url": { type: "string", help: "Redis holding the job queue (required)" },
@@ -20,11 +41,9 @@ export const WORKER_FLAGS: FlagSpecs = {
     default: String(DEFAULT_CONFIG.jobs.concurrency),
   },
   "results-dir": { type: "string", help: "job data directory shared with the API (default: in Redis)" },
-  "chunk-lock-seconds": {
-    type: "string",
-    help: "how long a chunk is held before others may take it back",
-    default: String(DEFAULT_CONFIG.jobs.chunkLockSeconds),
-  },
+  ...Object.fromEntries(
+    WORKER_SETTINGS.map((s) => [s.flag, { type: "string", help: s.help, default: String(flagDefault(s)) }]),
+  ),
   ...MODEL_FLAGS,
   verbose: { type: "boolean", help: "stack traces on errors" },
   help: { type: "boolean", short: "h", help: "show this help" },
@@ -57,16 +76,7 @@ export async function workerCommand(argv: string[]): Promise<void> {
   });
   const log = (msg: string, detail?: Record<string, unknown>) =>
     process.stderr.write(`flagserve worker: ${msg}${detail ? ` ${JSON.stringify(detail)}` : ""}\n`);
-  const resultsDir = str(values, "results-dir");
-  const config = serverConfig({
-    devices: str(values, "devices") ?? DEFAULT_CONFIG.devices,
-    jobs: {
-      redisUrl,
-      ...(resultsDir ? { resultsDir } : {}),
-      concurrency: int(values, "concurrency") ?? DEFAULT_CONFIG.jobs.concurrency,
-      chunkLockSeconds: int(values, "chunk-lock-seconds") ?? DEFAULT_CONFIG.jobs.chunkLockSeconds,
-    },
-  });
+  const config = workerConfig(values, redisUrl);
   const metrics = new Metrics();
   const stack = new ServingStack(config, metrics, log);
   await stack.load(specs);
@@ -91,4 +101,22 @@ export async function workerCommand(argv: string[]): Promise<void> {
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
+}
+
+/** The worker's configuration from its flags: the same settings table and defaults as `serve`. */
+export function workerConfig(values: FlagValues, redisUrl: string): ServerConfig {
+  const resultsDir = str(values, "results-dir");
+  const input: ServerConfigInput = {
+    devices: str(values, "devices") ?? DEFAULT_CONFIG.devices,
+    jobs: {
+      redisUrl,
+      ...(resultsDir ? { resultsDir } : {}),
+      concurrency: int(values, "concurrency") ?? DEFAULT_CONFIG.jobs.concurrency,
+    },
+  };
+  for (const s of WORKER_SETTINGS) {
+    const v = int(values, s.flag, s.min);
+    if (v !== undefined) applySetting(input, s, v);
+  }
+  return serverConfig(input);
 }
