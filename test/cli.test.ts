@@ -198,6 +198,14 @@ describe("flagserve serve, when a model cannot load", () => {
   });
 });
 
+describe("flagserve serve, flags that cannot work together", () => {
+  test("--job-concurrency 0 without --redis-url: a usage error, not jobs that never run", async () => {
+    const run = await flagserve(["serve", "--model", modelPath("tiny-bge"), "--job-concurrency", "0"]);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /--job-concurrency 0 .* --redis-url/);
+  });
+});
+
 describe("flagserve worker", () => {
   test("takes the settings that shape its work from the same table as serve, with the same defaults", async () => {
     const defaults = workerConfig(parseFlags([], WORKER_FLAGS).values, "redis://x");

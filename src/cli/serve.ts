@@ -115,6 +115,12 @@ export async function serveCommand(argv: string[]): Promise<void> {
     const v = int(values, s.flag, s.min);
     if (v !== undefined) applySetting(input, s, v);
   }
+  if (input.jobs?.concurrency === 0 && !input.jobs.redisUrl) {
+    throw new UsageError(
+      "--job-concurrency 0 leaves bulk jobs to `flagserve worker` processes, which share them through " +
+        "--redis-url; without it no process would ever compute a job",
+    );
+  }
   const server = await startServer(specs, input);
   // Not "listening" yet: only once every model has loaded is the server of use (/health answers now).
   server.app.log.info(`loading ${specs.length} model(s); /health and /ready answer at ${server.url}`);
