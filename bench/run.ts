@@ -151,10 +151,24 @@ async function bulk(
 async function concurrent(
   t: Target,
   qs: string[],
-): Promise<{ perSecond: number; p50: number; p99: number; loopP99Ms: number }> {
+): Promise<{ perSecond: number; p50: number; p99: number; loopP99Ms: number; healthWorstMs: number }> {
   if (t.metrics) await t.metrics();
   const latencies: number[] = [];
   let next = 0;
+  let running = true;
+  let healthWorstMs = Number.NaN;
+  // flagserve's /health, probed every 100 ms while the clients run: liveness under load.
+  const probe = t.metrics
+    ? (async () => {
+        healthWorstMs = 0;
+        while (running) {
+          const t0 = performance.now();
+          await (await fetch(`${t.url}/health`)).arrayBuffer();
+          healthWorstMs = Math.max(healthWorstMs, performance.now() - t0);
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      })()
+    : Promise.resolve();
   const started = performance.now();
   await Promise.all(
     Array.from({ length: CLIENTS }, async () => {
@@ -167,6 +181,8 @@ async function concurrent(
     }),
   );
   const seconds = (performance.now() - started) / 1000;
+  running = false;
+  await probe;
   const loopP99Ms = t.metrics
     ? metricValue(await t.metrics(), "flagserve_nodejs_eventloop_lag_p99_seconds") * 1000
     : Number.NaN;
@@ -175,6 +191,7 @@ async function concurrent(
     p50: percentile(latencies, 50),
     p99: percentile(latencies, 99),
     loopP99Ms,
+    healthWorstMs,
   };
 }
 
@@ -227,6 +244,7 @@ async function serveAndMeasure(dir: string, dtype: Dtype, pooling: string[], wit
     say(`| batching speed-up | **${fmt(on.perSecond / off.perSecond, 2)}x** | >= 4x |`);
   }
   say(`| event-loop delay p99 during 64 clients | **${fmt(on.loopP99Ms)} ms** | < 20 ms |`);
+  say(`| /health worst during 64 clients | **${fmt(on.healthWorstMs)} ms** | < 500 ms |`);
 
   return { bulk: b, on };
 }
