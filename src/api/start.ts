@@ -31,12 +31,12 @@ export async function startServer(
   const metrics = new Metrics();
   const state: ServerState = { ready: false, draining: false };
   // The stack's log goes to the app's logger, which exists only once the app is built.
-  let warn: (event: string, detail: Record<string, unknown>) => void = () => {};
-  const stack = new ServingStack(config, metrics, (event, detail) => warn(event, detail));
+  let log: (event: string, detail: Record<string, unknown>, level?: "info" | "warn") => void = () => {};
+  const stack = new ServingStack(config, metrics, (event, detail, level) => log(event, detail, level));
   const registry = stack.registry;
   const ctx: AppContext = { config, registry, metrics, state };
   const app = await buildServer(ctx);
-  warn = (event, detail) => app.log.warn(detail, event);
+  log = (event, detail, level = "warn") => app.log[level](detail, event);
   const jobs = createJobSystem(config.jobs, (message, detail) => app.log.warn(detail ?? {}, message));
   ctx.jobs = jobs;
   const executor: Executor = stack.executor;

@@ -22,7 +22,8 @@ export class ServingStack {
   constructor(
     config: ServerConfig,
     metrics: Metrics,
-    log: (event: string, detail: Record<string, unknown>) => void,
+    /** Events of the pools (crashes and restarts warn; routine ones, such as memory returned, are info). */
+    log: (event: string, detail: Record<string, unknown>, level?: "info" | "warn") => void,
   ) {
     this.config = config;
     this.metrics = metrics;

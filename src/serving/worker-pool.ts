@@ -60,7 +60,7 @@ export interface PoolOptions {
   memoryReturnMib?: number;
   memoryReturnIdleMs?: number;
   /** Called on worker crashes and restarts, for the log. */
-  onEvent?: (event: string, detail: Record<string, unknown>) => void;
+  onEvent?: (event: string, detail: Record<string, unknown>, level?: "info" | "warn") => void;
 }
 
 interface Pending {
@@ -252,12 +252,16 @@ export class WorkerPoolExecutor implements Executor {
     if (m.type === "loaded" || m.type === "load_error") return;
     if (m.type === "memory_returned") {
       const { beforeMib, afterMib, ms } = m;
-      this.options.onEvent?.("device worker freed its sessions' memory", {
-        device: w.slot.device,
-        beforeMib,
-        afterMib,
-        ms,
-      });
+      this.options.onEvent?.(
+        "device worker freed its sessions' memory",
+        {
+          device: w.slot.device,
+          beforeMib,
+          afterMib,
+          ms,
+        },
+        "info",
+      );
       return;
     }
     const p = w.inflight.get(m.id);
