@@ -10,7 +10,7 @@ import { after, describe, test } from "node:test";
 import { FlagAutoModel } from "../src/models/auto.js";
 import { FlagAutoReranker } from "../src/models/auto-reranker.js";
 import { BGEM3FlagModel } from "../src/models/m3.js";
-import type { Float32Matrix } from "../src/runtime/matrix.js";
+import { dot, type Float32Matrix } from "../src/runtime/matrix.js";
 import { modelPath, ROOT, tempDir } from "./helpers.js";
 
 const PYTHON = process.env.QUANTIZE_PYTHON;
@@ -34,17 +34,7 @@ interface Report {
 }
 
 function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let ab = 0;
-  let aa = 0;
-  let bb = 0;
-  for (let i = 0; i < a.length; i++) {
-    const x = a[i] as number;
-    const y = b[i] as number;
-    ab += x * y;
-    aa += x * x;
-    bb += y * y;
-  }
-  return ab / Math.sqrt(aa * bb);
+  return dot(a, b) / Math.sqrt(dot(a, a) * dot(b, b));
 }
 
 /** A number in the report (e.g. "dense.worst_cosine"), or a failed assertion. */
