@@ -10,7 +10,7 @@ import { loadAs } from "./base.js";
 import { ICL_DEFAULTS, type IclExample, IclPrompter, iclPrefix } from "./decoder-prompts.js";
 import { FlagModel, type FlagModelOptions } from "./encoder-only.js";
 import { formatInstruction } from "./instruction.js";
-import type { LoadedModel } from "./loader.js";
+import { type LoadedModel, sessionOptions } from "./loader.js";
 import { positiveInt } from "./options.js";
 
 /** A model directory's flagserve.json (written by scripts/export), or {} when it has none. */
@@ -430,17 +430,9 @@ export class FlagPseudoMoEModel extends FlagLLMModel {
     if (domain === this.defaultDomain || `${folder}${base}` === file) return super.sessionFor(device, opts);
     let sessions = this.domainSessions.get(domain);
     if (!sessions) {
-      const o = this.runtime;
       sessions = Promise.all(
         this.model.devices.map((d) =>
-          Session.create(this.model.dir.resolve(`${folder}${base}`), {
-            device: d,
-            ...(o.intraOpThreads !== undefined ? { intraOpThreads: o.intraOpThreads } : {}),
-            ...(o.interOpThreads !== undefined ? { interOpThreads: o.interOpThreads } : {}),
-            ...(o.spinning !== undefined ? { spinning: o.spinning } : {}),
-            ...(o.cpuMemArena !== undefined ? { cpuMemArena: o.cpuMemArena } : {}),
-            ...(o.memPattern !== undefined ? { memPattern: o.memPattern } : {}),
-          }),
+          Session.create(this.model.dir.resolve(`${folder}${base}`), sessionOptions(this.runtime, d)),
         ),
       );
       this.domainSessions.set(domain, sessions);

@@ -8,7 +8,7 @@ import {
   type OnnxChoice,
   parseDtype,
 } from "../runtime/model-dir.js";
-import { type Device, OnnxSession, parseDevice } from "../runtime/session.js";
+import { type Device, OnnxSession, parseDevice, type SessionOptions } from "../runtime/session.js";
 import { TextTokenizer } from "../runtime/tokenizer.js";
 
 /** How a model is found and run: shared by every embedder and reranker class. */
@@ -100,16 +100,7 @@ export async function loadModel(
   const tokenizer = await TextTokenizer.fromDir(path);
   const sessions: OnnxSession[] = [];
   for (const device of devices) {
-    sessions.push(
-      await OnnxSession.create(dir.resolve(onnx.file), {
-        device,
-        ...(options.intraOpThreads !== undefined ? { intraOpThreads: options.intraOpThreads } : {}),
-        ...(options.interOpThreads !== undefined ? { interOpThreads: options.interOpThreads } : {}),
-        ...(options.spinning !== undefined ? { spinning: options.spinning } : {}),
-        ...(options.cpuMemArena !== undefined ? { cpuMemArena: options.cpuMemArena } : {}),
-        ...(options.memPattern !== undefined ? { memPattern: options.memPattern } : {}),
-      }),
-    );
+    sessions.push(await OnnxSession.create(dir.resolve(onnx.file), sessionOptions(options, device)));
   }
   const limits = [tokenizer.modelMaxLength, dir.maxPositions].filter(
     (n): n is number => typeof n === "number",
@@ -119,6 +110,18 @@ export async function loadModel(
 }
 
 /** Release every ONNX session of a loaded model. */
+/** The ONNX session settings of a model's runtime options, for one device. */
+export function sessionOptions(options: RuntimeOptions, device: Device): SessionOptions {
+  return {
+    device,
+    ...(options.intraOpThreads !== undefined ? { intraOpThreads: options.intraOpThreads } : {}),
+    ...(options.interOpThreads !== undefined ? { interOpThreads: options.interOpThreads } : {}),
+    ...(options.spinning !== undefined ? { spinning: options.spinning } : {}),
+    ...(options.cpuMemArena !== undefined ? { cpuMemArena: options.cpuMemArena } : {}),
+    ...(options.memPattern !== undefined ? { memPattern: options.memPattern } : {}),
+  };
+}
+
 export async function releaseModel(model: LoadedModel): Promise<void> {
   await Promise.all(model.sessions.map((s) => s.release()));
 }
