@@ -1,21 +1,12 @@
 import { startServer } from "../api/start.js";
-import {
-  applySetting,
-  DEFAULT_CONFIG,
-  DEFAULT_MODEL,
-  flagDefault,
-  NUMERIC_SETTINGS,
-  type ServerConfigInput,
-} from "../config.js";
+import { DEFAULT_CONFIG, DEFAULT_MODEL, type ServerConfigInput } from "../config.js";
 import type { InputType, ModelSpec } from "../serving/executor.js";
 
 import { bool, type FlagSpecs, helpText, int, list, parseFlags, str, UsageError } from "./args.js";
 import { MODEL_FLAGS, modelOptions, parseModelArg, taskInstructions } from "./model-flags.js";
+import { applySettingFlags, settingFlags } from "./settings.js";
 
 const D = DEFAULT_CONFIG;
-
-/** The numeric settings `serve` takes, with their defaults from src/config.ts. */
-const SERVE_SETTINGS = NUMERIC_SETTINGS.filter((s) => s.commands.includes("serve"));
 
 export const SERVE_FLAGS: FlagSpecs = {
   model: {
@@ -42,9 +33,7 @@ export const SERVE_FLAGS: FlagSpecs = {
     help: "input type when a request gives none: passage or query",
     default: "passage",
   },
-  ...Object.fromEntries(
-    SERVE_SETTINGS.map((s) => [s.flag, { type: "string", help: s.help, default: String(flagDefault(s)) }]),
-  ),
+  ...settingFlags("serve"),
   "redis-url": {
     type: "string",
     help: "Redis for bulk jobs shared with other hosts (default: in-process queue)",
@@ -111,10 +100,7 @@ export async function serveCommand(argv: string[]): Promise<void> {
       ...(str(values, "results-dir") ? { resultsDir: str(values, "results-dir") as string } : {}),
     },
   };
-  for (const s of SERVE_SETTINGS) {
-    const v = int(values, s.flag, s.min);
-    if (v !== undefined) applySetting(input, s, v);
-  }
+  applySettingFlags(values, input, "serve");
   if (input.jobs?.concurrency === 0 && !input.jobs.redisUrl) {
     throw new UsageError(
       "--job-concurrency 0 leaves bulk jobs to `flagserve worker` processes, which share them through " +

@@ -1,12 +1,4 @@
-import {
-  applySetting,
-  DEFAULT_CONFIG,
-  flagDefault,
-  NUMERIC_SETTINGS,
-  type ServerConfig,
-  type ServerConfigInput,
-  serverConfig,
-} from "../config.js";
+import { DEFAULT_CONFIG, type ServerConfig, type ServerConfigInput, serverConfig } from "../config.js";
 import { jobComputers } from "../jobs/computers.js";
 import { createJobSystem } from "../jobs/system.js";
 import type { ModelSpec } from "../serving/executor.js";
@@ -24,9 +16,7 @@ import {
   UsageError,
 } from "./args.js";
 import { MODEL_FLAGS, modelOptions, parseModelArg, taskInstructions } from "./model-flags.js";
-
-/** The numeric settings a worker takes (batching, deadlines, job data lifetimes: as the API's). */
-const WORKER_SETTINGS = NUMERIC_SETTINGS.filter((s) => s.commands.includes("worker"));
+import { applySettingFlags, settingFlags } from "./settings.js";
 
 export const WORKER_FLAGS: FlagSpecs = {
   "redis-url": { type: "string", help: "Redis holding the job queue (required)" },
@@ -41,9 +31,8 @@ export const WORKER_FLAGS: FlagSpecs = {
     default: String(DEFAULT_CONFIG.jobs.concurrency),
   },
   "results-dir": { type: "string", help: "job data directory shared with the API (default: in Redis)" },
-  ...Object.fromEntries(
-    WORKER_SETTINGS.map((s) => [s.flag, { type: "string", help: s.help, default: String(flagDefault(s)) }]),
-  ),
+  // Batching, deadlines, memory and job data lifetimes: the same settings as the API's.
+  ...settingFlags("worker"),
   ...MODEL_FLAGS,
   verbose: { type: "boolean", help: "stack traces on errors" },
   help: { type: "boolean", short: "h", help: "show this help" },
@@ -114,9 +103,6 @@ export function workerConfig(values: FlagValues, redisUrl: string): ServerConfig
       concurrency: int(values, "concurrency") ?? DEFAULT_CONFIG.jobs.concurrency,
     },
   };
-  for (const s of WORKER_SETTINGS) {
-    const v = int(values, s.flag, s.min);
-    if (v !== undefined) applySetting(input, s, v);
-  }
+  applySettingFlags(values, input, "worker");
   return serverConfig(input);
 }
