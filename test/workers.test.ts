@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { cp, rename } from "node:fs/promises";
+import { join } from "node:path";
 import { describe, test } from "node:test";
 import { type RunningServer, startServer } from "../src/api/start.js";
 import { FlagserveError } from "../src/runtime/errors.js";
@@ -6,7 +8,7 @@ import { TextTokenizer } from "../src/runtime/tokenizer.js";
 import type { ModelSpec } from "../src/serving/executor.js";
 import { DeadlineError } from "../src/serving/scheduler.js";
 import { parseWorkerDevices, WorkerPoolExecutor } from "../src/serving/worker-pool.js";
-import { maxAbsDiff, modelPath } from "./helpers.js";
+import { maxAbsDiff, modelPath, tempDir } from "./helpers.js";
 
 const TINY: ModelSpec = {
   source: modelPath("tiny-bge"),
@@ -168,6 +170,45 @@ describe("fault tolerance", () => {
       );
     } finally {
       await pool.close();
+    }
+  });
+
+  test("memory returns: a renewal that fails keeps the old sessions, and batches still run", async () => {
+    const tmp = await tempDir("flagserve-renew-");
+    const dir = join(tmp.path, "tiny-bge");
+    await cp(modelPath("tiny-bge"), dir, { recursive: true });
+    const events: string[] = [];
+    const pool = new WorkerPoolExecutor(parseWorkerDevices("cpu", 2), {
+      memoryReturnMib: 1,
+      memoryReturnIdleMs: 300,
+      onEvent: (event) => events.push(event),
+    });
+    try {
+      const [info] = await pool.load([{ ...TINY, source: dir }]);
+      const tok = await TextTokenizer.fromDir(info?.dir as string);
+      const items = Array.from({ length: 64 }, (_, i) => ({
+        ...tok.encode(text(i).repeat(20), 512),
+        want: { dense: true, sparse: false, colbert: false },
+      }));
+      // The graph disappears from disk: recreating a session from it fails.
+      await rename(join(dir, "onnx"), join(dir, "onnx-gone"));
+      const before = await pool.embed("tiny", items, 0);
+      for (let i = 0; i < 200 && !events.some((e) => e.includes("could not recreate")); i++)
+        await new Promise((r) => setTimeout(r, 50));
+      assert.ok(
+        events.some((e) => e.includes("could not recreate")),
+        `events: ${events.join(", ")}`,
+      );
+      const after = await pool.embed("tiny", items, 0);
+      assert.ok(
+        maxAbsDiff(
+          after.map((r) => r.dense as Float32Array),
+          before.map((r) => Array.from(r.dense as Float32Array)),
+        ) < 1e-6,
+      );
+    } finally {
+      await pool.close();
+      await tmp.cleanup();
     }
   });
 

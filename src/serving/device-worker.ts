@@ -34,7 +34,15 @@ function watchMemory(): void {
       queue = queue.then(async () => {
         const started = performance.now();
         const before = rssMib();
-        await executor.renewSessions();
+        // A failure must not reject the queue (every later batch would be skipped); a session
+        // that could not be recreated keeps its old one, and the worker stops trying.
+        let error: string | undefined;
+        try {
+          await executor.renewSessions();
+        } catch (err) {
+          error = err instanceof Error ? err.message : String(err);
+          memory.policy = { ...memory.policy, growthMib: 0 };
+        }
         memory.renewMs = performance.now() - started;
         memory.floorMib = rssMib();
         send({
@@ -42,6 +50,7 @@ function watchMemory(): void {
           beforeMib: Math.round(before),
           afterMib: Math.round(memory.floorMib),
           ms: Math.round(memory.renewMs),
+          ...(error !== undefined ? { error } : {}),
         });
       });
     },

@@ -62,7 +62,7 @@ export type FromWorker =
   | { type: "embedded"; id: number; raws: PackedRaws }
   | { type: "scored"; id: number; scores: Float32Array }
   | { type: "failed"; id: number; message: string; kind?: ErrorKind }
-  | { type: "memory_returned"; beforeMib: number; afterMib: number; ms: number };
+  | { type: "memory_returned"; beforeMib: number; afterMib: number; ms: number; error?: string };
 
 const WANT_BITS: (keyof Want)[] = ["dense", "sparse", "colbert", "tokens"];
 

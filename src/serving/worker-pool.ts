@@ -251,17 +251,16 @@ export class WorkerPoolExecutor implements Executor {
   private onMessage(w: DeviceWorker, m: FromWorker): void {
     if (m.type === "loaded" || m.type === "load_error") return;
     if (m.type === "memory_returned") {
-      const { beforeMib, afterMib, ms } = m;
-      this.options.onEvent?.(
-        "device worker freed its sessions' memory",
-        {
-          device: w.slot.device,
-          beforeMib,
-          afterMib,
-          ms,
-        },
-        "info",
-      );
+      const { beforeMib, afterMib, ms, error } = m;
+      const detail = { device: w.slot.device, beforeMib, afterMib, ms };
+      if (error === undefined)
+        this.options.onEvent?.("device worker freed its sessions' memory", detail, "info");
+      else
+        this.options.onEvent?.(
+          "device worker could not recreate its sessions; it keeps them and stops trying",
+          { ...detail, error },
+          "warn",
+        );
       return;
     }
     const p = w.inflight.get(m.id);
