@@ -437,8 +437,6 @@ def resolve_class(args) -> tuple[str, str | None, str]:
 
 
 def metadata(args, config, tokenizer, variants: dict[str, str], domains: list[str] | None) -> dict[str, Any]:
-    import transformers
-
     model_class, name, fmt = resolve_class(args)
     fixed: dict[str, Any] = {
         "attn_implementation": "eager",
@@ -481,14 +479,21 @@ def metadata(args, config, tokenizer, variants: dict[str, str], domains: list[st
         "outputs": {OUTPUT_NAME: "last-token pooled, unnormalised"},
     }
     meta["fixed_at_export"] = fixed
-    meta["exported_with"] = {
-        "script": "scripts/export/decoder.py",
+    meta["exported_with"] = exported_with("scripts/export/decoder.py")
+    return meta
+
+
+def exported_with(script: str) -> dict[str, str]:
+    """The script and package versions a flagserve.json records."""
+    import transformers  # imported where needed: it takes seconds
+
+    return {
+        "script": script,
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": ort.__version__,
     }
-    return meta
 
 
 # ---------------------------------------------------------------- main

@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 # Shared with the decoder-only embedder export: external-data writer, MatMulNBits quantization, tokenizer files.
-from decoder import quantize, save, write_model_files  # noqa: E402
+from decoder import exported_with, quantize, save, write_model_files  # noqa: E402
 
 OPSET = 17
 BASE, LAYERWISE, LIGHTWEIGHT = "decoder-only-base", "decoder-only-layerwise", "decoder-only-lightweight"
@@ -720,8 +720,6 @@ def graph_entry(model_class: str, dtype: str, layers: list[int], n_layers: int, 
 
 
 def build_metadata(args, model_class, lm, tokenizer, yes_id, layers, files: dict[str, dict], quality) -> dict[str, Any]:
-    import transformers
-
     config = lm.config
     name = args.src.parent.name if args.src.name.startswith("checkpoint-") else args.src.name
     meta: dict[str, Any] = {
@@ -769,13 +767,7 @@ def build_metadata(args, model_class, lm, tokenizer, yes_id, layers, files: dict
     meta["graphs"] = files
     meta["variants"] = {k: f"onnx/{v}" for k, v in VARIANT_FILES.items() if f"onnx/{v}" in files}
     meta["quality"] = quality
-    meta["exported_with"] = {
-        "script": "scripts/export/reranker_llm.py",
-        "torch": torch.__version__.split("+")[0],
-        "transformers": transformers.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": ort.__version__,
-    }
+    meta["exported_with"] = exported_with("scripts/export/reranker_llm.py")
     return meta
 
 
