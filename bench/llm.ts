@@ -2,6 +2,7 @@
 // Runtime session fed the same rows (the pair prompt built once, batched as the server batches).
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
+import { serverConfig } from "../src/config.js";
 import type { LLMPairRow } from "../src/models/decoder-prompts.js";
 import type { LLMReranker } from "../src/models/llm-reranker.js";
 import { openReranker } from "../src/models/open.js";
@@ -12,8 +13,8 @@ import { corpus, queries, ROOT, startFlagserve, stop } from "./common.js";
 const FIXTURES = ["tiny-gemma-reranker", "tiny-minicpm-layerwise", "tiny-gemma2-lightweight"];
 const DOCS_PER_REQUEST = 64;
 const IN_FLIGHT = 4;
-const MAX_BATCH_SIZE = 64;
-const MAX_BATCH_TOKENS = 16384;
+// The server's default batching limits on CPU (where the benchmarks run).
+const { maxBatchSize: MAX_BATCH_SIZE, maxBatchTokens: MAX_BATCH_TOKENS } = serverConfig().scheduler;
 
 const int64 = (v: number[]) => new ort.Tensor("int64", BigInt64Array.from(v.map(BigInt)), [v.length]);
 

@@ -8,10 +8,10 @@ import { cpus, totalmem } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import * as ort from "onnxruntime-node";
+import { serverConfig } from "../src/config.js";
 import { type Dtype, ModelDir, parseDtype } from "../src/runtime/model-dir.js";
 import { batchFeeds, OnnxSession, padBatch } from "../src/runtime/session.js";
 import { type Encoding, TextTokenizer } from "../src/runtime/tokenizer.js";
-
 import {
   corpus,
   embedRequest,
@@ -46,9 +46,8 @@ const CLIENTS = 64;
 const QUERIES_PER_CLIENT = QUICK ? 8 : 25;
 const REQUEST_SIZE = 256;
 const BULK_CONCURRENCY = 4;
-// The server's default batching limits, used for the raw baseline's batches too.
-const MAX_BATCH_SIZE = 64;
-const MAX_BATCH_TOKENS = 16384;
+// The server's default batching limits on CPU (where the benchmarks run), for the raw baseline too.
+const { maxBatchSize: MAX_BATCH_SIZE, maxBatchTokens: MAX_BATCH_TOKENS } = serverConfig().scheduler;
 
 // ---------------------------------------------------------------- inputs
 

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { parseFlags } from "../src/cli/args.js";
 import { WORKER_FLAGS, workerConfig } from "../src/cli/worker.js";
-import { DEFAULT_CONFIG } from "../src/config.js";
+import { AUTO_BATCH_TOKENS, DEFAULT_CONFIG, serverConfig } from "../src/config.js";
 import { assertClose, loadGolden, modelPath, ROOT, tempDir } from "./helpers.js";
 import { commitSha, FakeHub, filesOf } from "./support/fake-hub.js";
 
@@ -203,6 +203,21 @@ describe("flagserve serve, flags that cannot work together", () => {
     const run = await flagserve(["serve", "--model", modelPath("tiny-bge"), "--job-concurrency", "0"]);
     assert.notEqual(run.code, 0);
     assert.match(run.stderr, /--job-concurrency 0 .* --redis-url/);
+  });
+});
+
+describe("batch size", () => {
+  test("unset (or 0) it follows the devices: small batches on CPU, large ones when a GPU is listed", () => {
+    const of = (argv: string[]) =>
+      workerConfig(parseFlags(argv, WORKER_FLAGS).values, "redis://x").scheduler.maxBatchTokens;
+    assert.equal(of([]), AUTO_BATCH_TOKENS.cpu);
+    assert.equal(of(["--devices", "cpu:2"]), AUTO_BATCH_TOKENS.cpu);
+    assert.equal(of(["--devices", "cuda:1"]), AUTO_BATCH_TOKENS.gpu);
+    assert.equal(of(["--devices", "cpu,cuda"]), AUTO_BATCH_TOKENS.gpu);
+    assert.equal(of(["--max-batch-tokens", "0", "--devices", "cuda:0"]), AUTO_BATCH_TOKENS.gpu);
+    assert.equal(of(["--max-batch-tokens", "4096", "--devices", "cuda:0"]), 4096, "a given size is kept");
+    assert.equal(serverConfig({ devices: "cuda:0,cuda:1" }).scheduler.maxBatchTokens, AUTO_BATCH_TOKENS.gpu);
+    assert.equal(serverConfig({ scheduler: { maxBatchTokens: 512 } }).scheduler.maxBatchTokens, 512);
   });
 });
 

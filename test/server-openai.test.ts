@@ -5,6 +5,7 @@ import { Tiktoken } from "js-tiktoken/lite";
 import cl100k from "js-tiktoken/ranks/cl100k_base";
 import OpenAI from "openai";
 import { type RunningServer, startServer } from "../src/api/start.js";
+import { AUTO_BATCH_TOKENS } from "../src/config.js";
 import { assertClose, loadGolden, modelPath } from "./helpers.js";
 
 const golden = loadGolden("tiny-bge");
@@ -289,6 +290,7 @@ describe("OpenAI-compatible embeddings over HTTP", () => {
     const info = (await (await fetch(`${base}/info`)).json()) as Record<string, unknown>;
     assert.equal(info.max_input_length, 512);
     assert.deepEqual(info.model_type, { embedding: { pooling: "cls" } });
+    assert.equal(info.max_batch_tokens, AUTO_BATCH_TOKENS.cpu, "a CPU server's batch size, resolved");
   });
 
   test("health, readiness, metrics and the OpenAPI document", async () => {

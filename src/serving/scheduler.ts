@@ -1,4 +1,4 @@
-import { DEFAULT_CONFIG, type SchedulerOptions } from "../config.js";
+import { type SchedulerOptions, serverConfig } from "../config.js";
 
 export type { SchedulerOptions };
 
@@ -169,7 +169,9 @@ export class BatchScheduler<T extends Tokenized, R> {
     observer?: SchedulerObserver,
   ) {
     const { devices, concurrency, ...rest } = options;
-    this.options = { ...DEFAULT_CONFIG.scheduler, ...rest };
+    // Unset options: the defaults of a CPU server (the server passes its resolved settings).
+    this.options = { ...serverConfig().scheduler, ...rest };
+    if (!(this.options.maxBatchTokens >= 1)) throw new RangeError("maxBatchTokens must be at least 1");
     this.devices = Math.max(1, devices ?? 1);
     this.runner = runner;
     this.observer = observer;
