@@ -111,7 +111,9 @@ export async function loadBench(dir: string, say: (s: string) => void, serverArg
     const ready = rssMiB(pid);
     const one = percentile(idleOne, 50);
     const full = percentile(idleFull, 50);
-    say(`idle: one 1-input request ${fmt(one)} ms; one 32 x 2000-char request (32 x 512 tokens) ${fmt(full)} ms`);
+    say(
+      `idle: one 1-input request ${fmt(one)} ms; one 32 x 2000-char request (32 x 512 tokens) ${fmt(full)} ms`,
+    );
     say("| scenario | measured | goal |");
     say("| --- | --- | --- |");
 
