@@ -137,6 +137,24 @@ describe("fault tolerance", () => {
     }
   });
 
+  // The memory-return tests: a spike of 64 inputs of 512 tokens grows ONNX Runtime's arena.
+  const spikeItems = (tok: TextTokenizer) =>
+    Array.from({ length: 64 }, (_, i) => ({
+      ...tok.encode(text(i).repeat(20), 512),
+      want: { dense: true, sparse: false, colbert: false },
+    }));
+  /** Polls every 50 ms, for up to 10 s, until `done` holds (the caller asserts it afterwards). */
+  const waitUntil = async (done: () => boolean) => {
+    for (let i = 0; i < 200 && !done(); i++) await new Promise((r) => setTimeout(r, 50));
+  };
+  const assertSameDense = (after: { dense?: unknown }[], before: { dense?: unknown }[]) =>
+    assert.ok(
+      maxAbsDiff(
+        after.map((r) => r.dense as Float32Array),
+        before.map((r) => Array.from(r.dense as Float32Array)),
+      ) < 1e-6,
+    );
+
   test("memory returns: an idle worker that grew recreates its sessions, which then compute the same", async () => {
     const events: { event: string; detail: Record<string, unknown> }[] = [];
     const pool = new WorkerPoolExecutor(parseWorkerDevices("cpu", 2), {
@@ -147,27 +165,17 @@ describe("fault tolerance", () => {
     try {
       const [info] = await pool.load([TINY]);
       const tok = await TextTokenizer.fromDir(info?.dir as string);
-      // A spike: 64 inputs of 512 tokens grow ONNX Runtime's arena.
-      const items = Array.from({ length: 64 }, (_, i) => ({
-        ...tok.encode(text(i).repeat(20), 512),
-        want: { dense: true, sparse: false, colbert: false },
-      }));
+      const items = spikeItems(tok);
       const before = await pool.embed("tiny", items, 0);
       const freed = () => events.find((e) => e.event.includes("freed its sessions' memory"));
-      for (let i = 0; i < 200 && !freed(); i++) await new Promise((r) => setTimeout(r, 50));
+      await waitUntil(() => freed() !== undefined);
       const e = freed();
       assert.ok(e, `no memory return; events: ${JSON.stringify(events)}`);
       assert.ok(
         (e.detail.afterMib as number) < (e.detail.beforeMib as number),
         `memory went back: ${JSON.stringify(e.detail)}`,
       );
-      const after = await pool.embed("tiny", items, 0);
-      assert.ok(
-        maxAbsDiff(
-          after.map((r) => r.dense as Float32Array),
-          before.map((r) => Array.from(r.dense as Float32Array)),
-        ) < 1e-6,
-      );
+      assertSameDense(await pool.embed("tiny", items, 0), before);
     } finally {
       await pool.close();
     }
@@ -186,26 +194,14 @@ describe("fault tolerance", () => {
     try {
       const [info] = await pool.load([{ ...TINY, source: dir }]);
       const tok = await TextTokenizer.fromDir(info?.dir as string);
-      const items = Array.from({ length: 64 }, (_, i) => ({
-        ...tok.encode(text(i).repeat(20), 512),
-        want: { dense: true, sparse: false, colbert: false },
-      }));
+      const items = spikeItems(tok);
       // The graph disappears from disk: recreating a session from it fails.
       await rename(join(dir, "onnx"), join(dir, "onnx-gone"));
       const before = await pool.embed("tiny", items, 0);
-      for (let i = 0; i < 200 && !events.some((e) => e.includes("could not recreate")); i++)
-        await new Promise((r) => setTimeout(r, 50));
-      assert.ok(
-        events.some((e) => e.includes("could not recreate")),
-        `events: ${events.join(", ")}`,
-      );
-      const after = await pool.embed("tiny", items, 0);
-      assert.ok(
-        maxAbsDiff(
-          after.map((r) => r.dense as Float32Array),
-          before.map((r) => Array.from(r.dense as Float32Array)),
-        ) < 1e-6,
-      );
+      const failed = () => events.some((e) => e.includes("could not recreate"));
+      await waitUntil(failed);
+      assert.ok(failed(), `events: ${events.join(", ")}`);
+      assertSameDense(await pool.embed("tiny", items, 0), before);
     } finally {
       await pool.close();
       await tmp.cleanup();
